@@ -1,0 +1,1 @@
+"""Conversions to and from other once-for-all code bases."""

@@ -1,0 +1,1 @@
+"""FFCV writers and loaders for deps."""
