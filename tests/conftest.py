@@ -29,12 +29,3 @@ def ofa_networks():
 @pytest.fixture
 def generator() -> torch.Generator:
     return torch.Generator().manual_seed(20240707)
-
-
-def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA device")
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)

@@ -1,0 +1,127 @@
+"""One training step of once-for-all training, functional: DεpS eq. (4) over a plan's terms.
+
+For each term ``(arch, w, loss)`` of the plan, the gradient of that subnet's loss with respect to the *active slices*
+of the shared weights is computed with ``torch.func.grad_and_value`` (views sliced outside the transform, so no
+full-size zero gradients) and added as ``w · g`` into the full-size accumulator:
+
+    G = Σ_j w_j ∇L_j = ∇L_full + ε_t · Σ_{subnets} ∇L_subnet          (DεpS eq. (4))
+
+The BN running statistics of each subnet's active channels move during its forward, as in OFA. The full model's
+logits (detached) are the targets of the later terms' in-place distillation (IKD). :func:`autograd_step` is the same
+step written the usual way (``(w · loss).backward()`` per term into ``.grad``): the reference the functional step is
+tested against, and the baseline it is benchmarked against.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import attrs
+import torch
+from torch import Tensor
+from torch.func import grad_and_value
+
+from deps_core.accumulate import GradAccumulator
+from deps_core.distill import LossConfig, term_loss
+from deps_core.strategies import SubnetTerm
+from deps_core.supernet import Supernet
+
+DEFAULT_LOSS = LossConfig()
+
+__all__ = ["StepResult", "functional_step", "autograd_step", "detached_state"]
+
+
+@attrs.frozen
+class StepResult:
+    """Per-term losses (detached scalars, in plan order) and the full model's detached logits (``None`` if absent)."""
+
+    losses: tuple[Tensor, ...]
+    full_logits: Tensor | None
+
+
+def _targets(term: SubnetTerm, full_logits: Tensor | None, teacher_logits: Tensor | None) -> Tensor | None:
+    if term.loss == "inplace_kd":
+        if full_logits is None:
+            raise ValueError(f"term {term.role} ({term.arch}) distils in place but no full-model term precedes it")
+        return full_logits
+    if term.loss == "teacher_kd" and teacher_logits is None:
+        raise ValueError(f"term {term.role} ({term.arch}) needs an external teacher's logits")
+    return teacher_logits
+
+
+def functional_step(
+    supernet: Supernet,
+    params: Mapping[str, Tensor],
+    buffers: Mapping[str, Tensor],
+    accumulator: GradAccumulator,
+    terms: Sequence[SubnetTerm],
+    images: Tensor,
+    labels: Tensor,
+    *,
+    loss_config: LossConfig = DEFAULT_LOSS,
+    teacher_logits: Tensor | None = None,
+    dw_backend: str = "auto",
+) -> StepResult:
+    """Accumulate ``Σ_j w_j ∇L_j`` over ``terms`` into ``accumulator`` (which the caller zeroes per step).
+
+    ``params``/``buffers``: the supernet's full tensors by name (``params`` detached: gradients come only from
+    ``torch.func``); BN running statistics in ``buffers`` are updated in place. ``images`` [N, 3, H, W], ``labels``
+    [N]. ``teacher_logits`` [N, C]: an external teacher's, for ``teacher_kd`` terms.
+    """
+    full_logits: Tensor | None = None
+    losses = []
+    for term in terms:
+        arch = term.arch
+        views = supernet.active_params(arch, params)
+        bufs = supernet.active_buffers(arch, buffers)
+        target = _targets(term, full_logits, teacher_logits)
+        dropout_p = supernet.spec.dropout if term.dropout else 0.0
+
+        def loss_fn(v: dict[str, Tensor], arch=arch, bufs=bufs, term=term, target=target, dropout_p=dropout_p):
+            logits = supernet.functional_forward(
+                v, bufs, images, arch, training=True, dropout_p=dropout_p,
+                update_bn_stats=term.update_bn_stats, dw_backend=dw_backend,
+            )  # fmt: skip
+            loss = term_loss(term.loss, logits, labels, target, loss_config)
+            return loss, logits.detach()
+
+        grads, (loss, logits) = grad_and_value(loss_fn, has_aux=True)(views)
+        accumulator.add_(grads, supernet.param_slices(arch), term.weight)
+        if term.role == "full":
+            full_logits = logits
+        losses.append(loss.detach())
+    return StepResult(tuple(losses), full_logits)
+
+
+def autograd_step(
+    supernet: Supernet,
+    terms: Sequence[SubnetTerm],
+    images: Tensor,
+    labels: Tensor,
+    *,
+    loss_config: LossConfig = DEFAULT_LOSS,
+    teacher_logits: Tensor | None = None,
+    dw_backend: str = "auto",
+) -> StepResult:
+    """The same step with plain autograd: ``(w · loss).backward()`` per term into the parameters' ``.grad``."""
+    full_logits: Tensor | None = None
+    losses = []
+    for term in terms:
+        target = _targets(term, full_logits, teacher_logits)
+        logits = supernet.functional_forward(
+            supernet.active_params(term.arch), supernet.active_buffers(term.arch), images, term.arch,
+            training=True, dropout_p=supernet.spec.dropout if term.dropout else 0.0,
+            update_bn_stats=term.update_bn_stats, dw_backend=dw_backend,
+        )  # fmt: skip
+        loss = term_loss(term.loss, logits, labels, target, loss_config)
+        (term.weight * loss).backward()
+        if term.role == "full":
+            full_logits = logits.detach()
+        losses.append(loss.detach())
+    return StepResult(tuple(losses), full_logits)
+
+
+@torch.no_grad()
+def detached_state(supernet: Supernet) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """``(params, buffers)`` for :func:`functional_step`: the supernet's tensors, detached (same storage)."""
+    return {k: v.detach() for k, v in supernet.named_parameters()}, dict(supernet.named_buffers())
