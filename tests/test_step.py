@@ -169,7 +169,10 @@ def test_frozen_teacher_matches_the_full_model_and_stays_frozen():
     teacher = FrozenTeacher(net)
     x = torch.randn(4, 3, 16, 16, dtype=torch.float64)
     with torch.no_grad():
-        expected = net(x, net.max_arch(), update_bn_stats=False)  # train mode: batch statistics, as OFA's teacher
+        arch = net.max_arch()  # batch statistics, no dropout: OFA's teacher.train() under no_grad
+        expected = net.functional_forward(
+            net.active_params(arch), net.active_buffers(arch), x, arch, training=True, update_bn_stats=False
+        )
     torch.testing.assert_close(teacher(x), expected)
     with torch.no_grad():  # training the supernet does not move the teacher
         for p in net.parameters():
