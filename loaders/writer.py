@@ -23,6 +23,8 @@ compressed differs between runs; ``"raw"`` and ``"jpg"`` with one worker give by
 
 from __future__ import annotations
 
+import contextlib
+import io
 import multiprocessing
 import os
 import time
@@ -316,7 +318,9 @@ def write_beton(
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial.beton")
     try:
         writer_mod = ffcv("writer")
-        with keep_torch_threads():
+        # FFCV's writer always draws a tqdm bar on stderr; silence it (for this call only) when progress is off
+        quiet = contextlib.redirect_stderr(io.StringIO()) if not progress else contextlib.nullcontext()
+        with keep_torch_threads(), quiet:
             writer = writer_mod.DatasetWriter(str(partial), options.fields(), num_workers=options.num_workers)
             writer.from_indexed_dataset(dataset, chunksize=options.chunk_size)
         if failed is not None and any(failed):
