@@ -286,7 +286,8 @@ class BatchTransform:
     """Decoded uint8 batch on the device → the model's input: resize, augment, normalize (shared by all loaders).
 
     ``images`` arrive as ``(B, 3, H, W)`` uint8 at the decode size; the batch's resolution is
-    ``resolution.at(seed, epoch, step)`` and all draws are functions of (seed, epoch, step).
+    ``resolution.at(seed, epoch, step)`` and all draws are functions of (seed, epoch, step). With ``dtype=torch.uint8``
+    the images are returned unnormalized (only resizing and AutoAugment apply).
     """
 
     resolution: Resolution
@@ -308,6 +309,8 @@ class BatchTransform:
         if aug is not None and aug.auto_augment is not None:
             images = auto_augment(images, rng, aug.auto_augment)
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        if self.dtype == torch.uint8:  # raw pixels, e.g. to normalize inside the model (checked: no float-only aug)
+            return images.contiguous(memory_format=memory_format), labels.clone()
         x = images.to(dtype=torch.float32, memory_format=memory_format)
         mean = torch.tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1).to(x.device, non_blocking=True)
         std = torch.tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1).to(x.device, non_blocking=True)

@@ -100,8 +100,13 @@ class LoaderOptions:
             raise ValueError(f"crop_ratio: {self.crop_ratio!r} must be in (0, 1]")
         if self.num_classes is not None and (isinstance(self.num_classes, bool) or self.num_classes < 1):
             raise ValueError(f"num_classes: {self.num_classes!r} must be a positive integer")
-        if not self.dtype.is_floating_point:
-            raise ValueError(f"dtype: {self.dtype} is not a floating-point dtype")
+        if not (self.dtype.is_floating_point or self.dtype == torch.uint8):
+            raise ValueError(f"dtype: {self.dtype} is neither a floating-point dtype nor torch.uint8 (unnormalized)")
+        aug = self.augment
+        if self.dtype == torch.uint8 and aug is not None and (aug.color or aug.random_erasing or aug.mixes):
+            raise ValueError(
+                "dtype: torch.uint8 output allows only AutoAugment (colour, erasing and mixing need floats)"
+            )
 
     def transform(self) -> BatchTransform:
         return BatchTransform(

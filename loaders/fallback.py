@@ -30,7 +30,7 @@ __all__ = ["TorchvisionImageLoader", "torchvision_train_loader", "torchvision_va
 
 
 class _Folder(Dataset):
-    """``dataset[(epoch, index, size)]`` → the cropped, resized, flipped uint8 ``(3, size, size)`` image and label."""
+    """``dataset[(epoch, index, size)]`` → the cropped, resized, flipped uint8 image and its label."""
 
     def __init__(self, samples: list[tuple[str, int]], options: LoaderOptions):
         self.samples, self.options = samples, options
@@ -39,6 +39,7 @@ class _Folder(Dataset):
         return len(self.samples)
 
     def __getitem__(self, key: tuple[int, int, int]) -> tuple[torch.Tensor, int]:
+        """``(H, W, 3)`` uint8: collated batches are then NHWC, a channels_last NCHW view without a copy."""
         from PIL import Image
 
         epoch, index, size = key
@@ -50,7 +51,7 @@ class _Folder(Dataset):
         image = TF.resized_crop(image, top, left, height, width, [size, size], antialias=True)
         if flips[0]:
             image = TF.horizontal_flip(image)
-        return TF.pil_to_tensor(image), label
+        return torch.from_numpy(np.asarray(image).copy()), label
 
 
 class _EpochBatches(Sampler):
@@ -80,7 +81,7 @@ class _Epoch(EpochIterator):
             self.close()
             raise
         device = self._loader.options.device
-        images = images.to(device, non_blocking=True)
+        images = images.permute(0, 3, 1, 2).to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
         out = self._loader._finish(images, labels, self._epoch, self._start + self._step)
         self._step += 1
