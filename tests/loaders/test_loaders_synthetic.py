@@ -1,0 +1,162 @@
+"""The bundled synthetic dataset: deterministic bytes, realistic images, the cache, and difficulty that separates
+model capacity after a short training run through the FFCV loader."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from deps_loaders import SyntheticSpec, default_cache_dir, render_images, synthetic_beton, train_loader, val_loader
+from deps_loaders.synthetic import PATTERNS, SHAPES
+
+
+def test_seed_gives_identical_bytes_and_slices_agree():
+    a, la = render_images(40, num_classes=100, height=64, seed=5, split="val")
+    b, lb = render_images(40, num_classes=100, height=64, seed=5, split="val")
+    assert a.tobytes() == b.tobytes() and (la == lb).all()
+    part, _ = render_images(10, num_classes=100, height=64, seed=5, split="val", start=30)
+    assert part.tobytes() == a[30:].tobytes()  # image i depends on (seed, split, i) only
+    assert a.tobytes() != render_images(40, num_classes=100, height=64, seed=6, split="val")[0].tobytes()
+    assert a.tobytes() != render_images(40, num_classes=100, height=64, seed=5, split="train")[0].tobytes()
+
+
+@pytest.mark.parametrize("num_classes, size", [(10, 32), (100, 64)])
+def test_images_are_realistic_not_constants_or_white_noise(num_classes, size):
+    images, labels = render_images(200, num_classes=num_classes, height=size, seed=0)
+    assert images.shape == (200, size, size, 3) and images.dtype == np.uint8
+    assert np.bincount(labels, minlength=num_classes).min() == 200 // num_classes  # balanced
+    x = images.astype(np.float64)
+    assert x.std(axis=(1, 2, 3)).min() > 10  # no flat images
+    # neighbouring pixels are strongly correlated (white noise: ~0), as in photographs
+    right = np.corrcoef(x[:, :, :-1].ravel(), x[:, :, 1:].ravel())[0, 1]
+    assert right > 0.8
+    assert len(np.unique(images.reshape(-1, 3), axis=0)) > 10_000  # many colours
+
+
+def test_colour_is_nuisance():
+    """The mean colour of a class varies no more between classes than between random groups of the same size."""
+    images, labels = render_images(1000, height=32, seed=1)
+    colour = images.astype(np.float64).mean(axis=(1, 2))
+
+    def spread(groups: np.ndarray) -> float:
+        return np.stack([colour[groups == c].mean(axis=0) for c in range(10)]).std(axis=0).max()
+
+    shuffled = [spread(np.random.default_rng(k).permutation(labels)) for k in range(20)]
+    assert spread(labels) < 1.5 * np.mean(shuffled)
+
+
+def test_variants_and_validation():
+    assert len(SHAPES) == len(PATTERNS) == 10
+    with pytest.raises(ValueError, match="num_classes"):
+        SyntheticSpec(num_classes=20)
+    with pytest.raises(ValueError, match="resolution"):
+        SyntheticSpec(resolution=48)
+    with pytest.raises(ValueError, match="train_size"):
+        SyntheticSpec(train_size=0)
+    with pytest.raises(ValueError, match="split"):
+        render_images(1, split="test")
+
+
+def test_cache_is_built_once_verified_and_rebuilt_when_damaged(tmp_path, monkeypatch):
+    spec = SyntheticSpec(train_size=120, val_size=40)
+    monkeypatch.setenv("DEPS_CACHE", str(tmp_path / "env"))
+    assert default_cache_dir() == tmp_path / "env" / "synthetic"
+    path = synthetic_beton("val", spec, num_workers=1)
+    assert path.parent == tmp_path / "env" / "synthetic"
+    manifest = json.loads(path.with_suffix(".json").read_text())
+    assert manifest["images"] == 40 and manifest["num_classes"] == 10 and len(manifest["sha256"]) == 64
+    stamp = path.stat().st_mtime_ns
+    assert synthetic_beton("val", spec) == path and path.stat().st_mtime_ns == stamp  # reused, not rewritten
+    # the same bytes in another cache directory (2 rendering processes instead of 1)
+    other = synthetic_beton("val", spec, cache_dir=tmp_path / "other", num_workers=2)
+    assert other.read_bytes() == path.read_bytes()
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0xFF
+    path.write_bytes(bytes(data))
+    assert synthetic_beton("val", spec).read_bytes() == other.read_bytes()  # damage detected, file regenerated
+    loader = val_loader(path, 40, resolution=32, crop_ratio=1.0, num_workers=1, num_classes=10)
+    assert [len(y) for _, y in loader] == [40]
+    os.remove(path.with_suffix(".json"))
+    assert synthetic_beton("val", spec).exists()  # a missing manifest also rebuilds
+
+
+# --- difficulty separates capacity ------------------------------------------------------------------------------------
+
+
+def _cnn(width: int) -> nn.Module:
+    """Six 3×3 conv-BN-ReLU layers (widths w, w, 2w, 2w, 4w, 4w; max-pool after every second), GAP, linear."""
+    layers, cin = [], 3
+    for i in range(6):
+        cout = width * 2 ** (i // 2)
+        layers += [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+        layers += [nn.MaxPool2d(2)] if i % 2 else []
+        cin = cout
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, 10))
+
+
+def _train_and_evaluate(net, forward, train_path, val_path, epochs, lr, optimizer="adamw"):
+    loader = train_loader(train_path, 64, resolution=32, scale=(0.6, 1.0), num_workers=1, seed=0)
+    params = net.parameters()
+    if optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-5)
+    else:
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=5e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=epochs * len(loader), pct_start=0.15)
+    net.train()
+    for _ in range(epochs):
+        for x, y in loader:
+            loss = F.cross_entropy(forward(net, x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            schedule.step()
+    net.eval()
+    correct = total = 0
+    with torch.no_grad():
+        for x, y in val_loader(val_path, 250, resolution=32, crop_ratio=1.0, num_workers=1):
+            correct += (forward(net, x).argmax(1) == y).sum().item()
+            total += len(y)
+    return correct / total
+
+
+@pytest.fixture(scope="module")
+def capacity_data(tmp_path_factory):
+    spec = SyntheticSpec(train_size=4000, val_size=1000)
+    cache = tmp_path_factory.mktemp("synthetic")
+    return synthetic_beton("train", spec, cache_dir=cache), synthetic_beton("val", spec, cache_dir=cache)
+
+
+def test_a_wider_network_wins_after_a_short_run(capacity_data, one_torch_thread):
+    """Two plain CNNs differing only in width (8 vs 16), same data, order, steps and seed: about 25 % vs 40 %."""
+    train, val = capacity_data
+    accuracy = {}
+    for width in (8, 16):
+        with torch.random.fork_rng():  # the layers initialize from the global generator: seed it, then restore it
+            torch.manual_seed(0)
+            net = _cnn(width).to(memory_format=torch.channels_last)
+        accuracy[width] = _train_and_evaluate(net, lambda n, x: n(x), train, val, epochs=3, lr=3e-3)
+    assert accuracy[8] > 0.13, accuracy  # both learn something (chance is 0.10)...
+    assert accuracy[16] > accuracy[8] + 0.05, accuracy  # ...and capacity shows by several points
+
+
+@pytest.mark.slow
+def test_the_largest_subnet_beats_the_smallest(capacity_data, one_torch_thread, request):
+    """The max and min subnets of a small MBV3-32 supernet, trained alike (plain autograd, SGD, 5 epochs of 4k):
+    ~10 minutes on 2 CPU cores (depthwise convolutions are slow on CPU), so it runs only with ``-m slow``."""
+    if "slow" not in (request.config.getoption("-m") or ""):
+        pytest.skip("about 10 minutes on 2 CPU cores: run with -m slow")
+    from deps_core.spaces import create_supernet
+
+    train, val = capacity_data
+    accuracy = {}
+    for name in ("max", "min"):
+        net = create_supernet("ofa_mbv3_32", num_classes=10, width_mult=0.5, generator=torch.Generator().manual_seed(0))
+        arch = net.max_arch() if name == "max" else net.min_arch()
+        forward = lambda n, x, arch=arch: n(x, arch)  # noqa: E731
+        accuracy[name] = _train_and_evaluate(net, forward, train, val, 5, 0.1, optimizer="sgd")
+    assert accuracy["max"] > accuracy["min"] + 0.03, accuracy
