@@ -22,8 +22,16 @@ PROVIDERS = ["functional", "autograd"]
 
 
 def _setup(space: str, batch: int, resolution: int, device: str, width: float = 1.0):
-    net = create_supernet(space, num_classes=1000 if resolution > 64 else 10, width_mult=width,
-                          generator=torch.Generator().manual_seed(0)).to(device).train()  # fmt: skip
+    net = (
+        create_supernet(
+            space,
+            num_classes=1000 if resolution > 64 else 10,
+            width_mult=width,
+            generator=torch.Generator().manual_seed(0),
+        )
+        .to(device)
+        .train()
+    )
     strategy = DepsStrategy(net.spec, total=10, lr=0.1, lr_batch=128, global_batch=batch)
     plan = strategy.plan(Progress(9, 0, 10), seed=0)  # shrinking, ε = 1: full + min + 2 uniform
     g = torch.Generator().manual_seed(1)

@@ -131,16 +131,34 @@ def subnet_config(supernet: Supernet, arch: Arch) -> dict[str, Any]:
     spec = supernet.spec
     f = spec.first
     blocks = [
-        dict(cin=f.cin, mid=f.cin, cout=f.cout, k=f.kernel_size, stride=f.stride, act=f.act, expand=False,
-             se_mid=se_channels(f.cin) if f.se else None, residual=f.residual)
-    ]  # fmt: skip
+        dict(
+            cin=f.cin,
+            mid=f.cin,
+            cout=f.cout,
+            k=f.kernel_size,
+            stride=f.stride,
+            act=f.act,
+            expand=False,
+            se_mid=se_channels(f.cin) if f.se else None,
+            residual=f.residual,
+        )
+    ]
     for i in arch.active_blocks(spec):
         b = spec.blocks[i]
         mid = mid_channels(b.cin, arch.e[i])
         blocks.append(
-            dict(cin=b.cin, mid=mid, cout=b.cout, k=arch.ks[i], stride=b.stride, act=b.act, expand=True,
-                 se_mid=se_channels(mid) if b.se else None, residual=b.residual)
-        )  # fmt: skip
+            dict(
+                cin=b.cin,
+                mid=mid,
+                cout=b.cout,
+                k=arch.ks[i],
+                stride=b.stride,
+                act=b.act,
+                expand=True,
+                se_mid=se_channels(mid) if b.se else None,
+                residual=b.residual,
+            )
+        )
     head_pre, cin = [], spec.stages[-1].width
     for layer in spec.head_pre_pool:
         head_pre.append(

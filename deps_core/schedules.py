@@ -50,7 +50,7 @@ class Progress:
 
     def steps_since(self, epoch: float) -> int:
         """Whole steps from the first step at or after fractional epoch ``epoch`` up to this one (negative before)."""
-        start = math.ceil(epoch * self.steps_per_epoch - 1e-9)
+        start = math.ceil(round(epoch * self.steps_per_epoch, 6))  # 145/270·270 must give step 145·N, not one more
         return self.global_step - start
 
 

@@ -79,9 +79,15 @@ def functional_step(
 
         def loss_fn(v: dict[str, Tensor], arch=arch, bufs=bufs, term=term, target=target, dropout_p=dropout_p):
             logits = supernet.functional_forward(
-                v, bufs, images, arch, training=True, dropout_p=dropout_p,
-                update_bn_stats=term.update_bn_stats, dw_backend=dw_backend,
-            )  # fmt: skip
+                v,
+                bufs,
+                images,
+                arch,
+                training=True,
+                dropout_p=dropout_p,
+                update_bn_stats=term.update_bn_stats,
+                dw_backend=dw_backend,
+            )
             loss = term_loss(term.loss, logits, labels, target, loss_config)
             return loss, logits.detach()
 
@@ -109,10 +115,15 @@ def autograd_step(
     for term in terms:
         target = _targets(term, full_logits, teacher_logits)
         logits = supernet.functional_forward(
-            supernet.active_params(term.arch), supernet.active_buffers(term.arch), images, term.arch,
-            training=True, dropout_p=supernet.spec.dropout if term.dropout else 0.0,
-            update_bn_stats=term.update_bn_stats, dw_backend=dw_backend,
-        )  # fmt: skip
+            supernet.active_params(term.arch),
+            supernet.active_buffers(term.arch),
+            images,
+            term.arch,
+            training=True,
+            dropout_p=supernet.spec.dropout if term.dropout else 0.0,
+            update_bn_stats=term.update_bn_stats,
+            dw_backend=dw_backend,
+        )
         loss = term_loss(term.loss, logits, labels, target, loss_config)
         (term.weight * loss).backward()
         if term.role == "full":

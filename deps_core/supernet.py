@@ -294,10 +294,15 @@ class Supernet(nn.Module):
         dropout_p: float = 0.0,
         update_bn_stats: bool = True,
         dw_backend: str = "auto",
+        bn_momentum: float | None = None,
     ) -> Tensor:
-        """The subnet's forward on explicit active-slice ``views`` and BN ``buffers`` (see :meth:`active_params`)."""
+        """The subnet's forward on explicit active-slice ``views`` and BN ``buffers`` (see :meth:`active_params`).
+
+        ``bn_momentum`` overrides the space's BN momentum for this call (BN recalibration's cumulative average).
+        """
         spec = self.spec
-        eps, momentum = spec.bn_eps, spec.bn_momentum
+        eps = spec.bn_eps
+        momentum = spec.bn_momentum if bn_momentum is None else bn_momentum
         keep_stats = not training or update_bn_stats
 
         def bn(t: Tensor, prefix: str) -> Tensor:

@@ -45,7 +45,7 @@ def _strategies(spec):
             expand_epochs=(1, 1),
             warmup_epochs=1,
             **common,
-        ),  # fmt: skip
+        ),
         "bignas": BigNASStrategy(spec, total=6, **common),
         "compofa": CompOFAStrategy(spec, teacher_epochs=2, compound_epochs=(1, 1), warmup_epochs=1, **common),
     }
@@ -53,13 +53,25 @@ def _strategies(spec):
 
 # (strategy, epoch, step): FM-warmup, first shrinking step, inside and after the ε ramp; every OFA/CompOFA phase
 POINTS = [
-    ("deps", 2, 1), ("deps", 5, 0), ("deps", 6, 3), ("deps", 9, 2),
-    ("deps_lr_matched_all_uniform", 5, 1), ("deps_lr_matched_all_uniform", 9, 3),
+    ("deps", 2, 1),
+    ("deps", 5, 0),
+    ("deps", 6, 3),
+    ("deps", 9, 2),
+    ("deps_lr_matched_all_uniform", 5, 1),
+    ("deps_lr_matched_all_uniform", 9, 3),
     ("deps_ce_no_bn", 7, 2),
-    ("ofa", 0, 1), ("ofa", 2, 0), ("ofa", 4, 1), ("ofa", 5, 2), ("ofa", 7, 0), ("ofa", 8, 3),
-    ("bignas", 0, 0), ("bignas", 4, 2),
-    ("compofa", 1, 3), ("compofa", 2, 2), ("compofa", 4, 1),
-]  # fmt: skip
+    ("ofa", 0, 1),
+    ("ofa", 2, 0),
+    ("ofa", 4, 1),
+    ("ofa", 5, 2),
+    ("ofa", 7, 0),
+    ("ofa", 8, 3),
+    ("bignas", 0, 0),
+    ("bignas", 4, 2),
+    ("compofa", 1, 3),
+    ("compofa", 2, 2),
+    ("compofa", 4, 1),
+]
 
 
 def _compare(net, terms, teacher_logits=None, loss_config=None, seed=0):
@@ -71,8 +83,9 @@ def _compare(net, terms, teacher_logits=None, loss_config=None, seed=0):
     params, buffers = detached_state(net)
     acc = GradAccumulator(params, dtype=torch.float64)
     torch.manual_seed(seed)  # the same dropout masks on both paths
-    ours = functional_step(net, params, buffers, acc, terms, images, labels, loss_config=loss_config,
-                           teacher_logits=teacher_logits)  # fmt: skip
+    ours = functional_step(
+        net, params, buffers, acc, terms, images, labels, loss_config=loss_config, teacher_logits=teacher_logits
+    )
     torch.manual_seed(seed)
     theirs = autograd_step(ref, terms, images, labels, loss_config=loss_config, teacher_logits=teacher_logits)
     return ref, acc, ours, theirs
@@ -110,8 +123,10 @@ def test_functional_step_equals_autograd_for_every_strategy(name, epoch, step):
 
 def test_kd_temperature_and_label_smoothing_reach_both_paths():
     net = _supernet()
-    terms = [SubnetTerm(net.max_arch(), 1.0, "ce", dropout=True, role="full"),
-             SubnetTerm(net.min_arch(), 0.37, "inplace_kd", role="min")]  # fmt: skip
+    terms = [
+        SubnetTerm(net.max_arch(), 1.0, "ce", dropout=True, role="full"),
+        SubnetTerm(net.min_arch(), 0.37, "inplace_kd", role="min"),
+    ]
     ref, acc, ours, theirs = _compare(net, terms, loss_config=LossConfig(label_smoothing=0.2, kd_temperature=3.0))
     _assert_equal_gradients(ref, acc)
 
@@ -130,8 +145,15 @@ def test_gradients_have_the_size_of_the_active_slices(monkeypatch):
     monkeypatch.setattr(GradAccumulator, "add_", spy)
     terms = [SubnetTerm(net.min_arch(), 1.0, "ce")]
     params, buffers = detached_state(net)
-    functional_step(net, params, buffers, GradAccumulator(params, dtype=torch.float64), terms,
-                    torch.randn(2, 3, 16, 16, dtype=torch.float64), torch.tensor([1, 2]))  # fmt: skip
+    functional_step(
+        net,
+        params,
+        buffers,
+        GradAccumulator(params, dtype=torch.float64),
+        terms,
+        torch.randn(2, 3, 16, 16, dtype=torch.float64),
+        torch.tensor([1, 2]),
+    )
     assert seen and all(g == s for _, g, s in seen)
     dw = dict((n, g) for n, g, _ in seen)["blocks.0.dw.weight"]
     assert dw[0] < net.blocks[0].dw.weight.shape[0] and dw[-1] < 7  # a slice, not the full 7x7 kernel of all channels
@@ -152,8 +174,15 @@ def test_accumulator_binds_its_buffers_as_grads_and_skips_untouched_parameters()
     net = _supernet()
     params, buffers = detached_state(net)
     acc = GradAccumulator(params, dtype=torch.float64)
-    functional_step(net, params, buffers, acc, [SubnetTerm(net.max_arch(), 1.0, "ce")],
-                    torch.randn(2, 3, 16, 16, dtype=torch.float64), torch.tensor([0, 1]))  # fmt: skip
+    functional_step(
+        net,
+        params,
+        buffers,
+        acc,
+        [SubnetTerm(net.max_arch(), 1.0, "ce")],
+        torch.randn(2, 3, 16, 16, dtype=torch.float64),
+        torch.tensor([0, 1]),
+    )
     named = dict(net.named_parameters())
     acc.bind(named)
     assert named["blocks.0.dw.m7to5"].grad is None  # the max subnet never uses a transform matrix

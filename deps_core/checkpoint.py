@@ -1,0 +1,79 @@
+"""Checkpoints written atomically and read back safely.
+
+A save writes ``last.pt.tmp``, flushes and fsyncs it, moves the current ``last.pt`` to ``prev.pt`` and renames the new
+file to ``last.pt`` (then fsyncs the directory), so a crash at any moment leaves at least one complete checkpoint. A
+small ``last.json`` beside it says where the run stood. Loading uses ``torch.load(weights_only=True)``: checkpoints
+hold tensors, numbers, strings, lists and dicts only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "CHECKPOINT_FORMAT"]
+
+CHECKPOINT_FORMAT = "deps.checkpoint/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that is missing, truncated, corrupt or not ours."""
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(
+    state: dict[str, Any], directory: str | os.PathLike, *, summary: dict[str, Any] | None = None
+) -> Path:
+    """Write ``state`` as ``directory/last.pt`` atomically, keeping the previous one as ``prev.pt``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    last, prev, tmp = directory / "last.pt", directory / "prev.pt", directory / "last.pt.tmp"
+    with open(tmp, "wb") as f:
+        torch.save({"format": CHECKPOINT_FORMAT, **state}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    if last.exists():
+        os.replace(last, prev)
+    os.replace(tmp, last)
+    _fsync_dir(directory)
+    if summary is not None:
+        side = directory / "last.json.tmp"
+        side.write_text(json.dumps(summary) + "\n")
+        os.replace(side, directory / "last.json")
+    return last
+
+
+def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint; ``CheckpointError`` names the file when it is missing, unreadable or not a deps checkpoint."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "last.pt"
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # truncated zip, garbage bytes, foreign pickle
+        hint = (
+            f"; the previous checkpoint is {path.with_name('prev.pt')}" if path.with_name("prev.pt").is_file() else ""
+        )
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise CheckpointError(
+            f"checkpoint {path} is truncated or corrupt ({type(err).__name__}: {first}){hint}"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a deps checkpoint (format {CHECKPOINT_FORMAT!r})")
+    return state

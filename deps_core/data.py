@@ -1,0 +1,115 @@
+"""Loaders for a run, built from its :class:`~deps_core.config.DataConfig` with ``deps_loaders``.
+
+- training: FFCV (``beton``, ``synthetic``) or torchvision (``imagefolder``), sharded across ranks, seeded crops;
+- validation: centre crops, sharded across ranks (metrics are reduced);
+- calibration (BN recalibration before evaluation): the first ``run.calib_images`` images of a seeded random order of
+  the training set with training crops and no other augmentation, the same on every rank (OFA: 2,000 random
+  training images in batches of 200).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from deps_core.config import ExperimentConfig
+from deps_core.distributed import DistContext
+
+__all__ = ["RunData", "build_data", "resolve_num_classes"]
+
+
+@attrs.frozen
+class RunData:
+    train: Any
+    val: Any
+    calib: Any
+    num_classes: int
+    train_path: str
+    val_path: str
+
+
+def _synthetic_paths(config: ExperimentConfig, ctx: DistContext) -> tuple[Path, Path]:
+    from deps_loaders import SyntheticSpec, synthetic_beton
+
+    d = config.data
+    spec = SyntheticSpec(
+        num_classes=d.synthetic_classes,
+        resolution=d.synthetic_resolution,
+        train_size=d.synthetic_train_size,
+        val_size=d.synthetic_val_size,
+    )
+    paths = None
+    if ctx.is_main:  # one process writes the cache; the others wait and then read it
+        paths = (synthetic_beton("train", spec, progress=config.run.progress), synthetic_beton("val", spec))
+    ctx.barrier()
+    if paths is None:
+        paths = (synthetic_beton("train", spec), synthetic_beton("val", spec))
+    return paths
+
+
+def resolve_num_classes(config: ExperimentConfig, train_path: str | Path) -> int:
+    d = config.data
+    if d.source == "synthetic":
+        if d.num_classes not in (None, d.synthetic_classes):
+            raise ValueError(f"data.num_classes={d.num_classes} but the synthetic dataset has {d.synthetic_classes}")
+        return d.synthetic_classes
+    if d.num_classes is not None:
+        return d.num_classes
+    if d.source == "beton":
+        from deps_loaders import inspect_beton
+
+        return inspect_beton(train_path).num_classes
+    return len([p for p in Path(train_path).iterdir() if p.is_dir()])
+
+
+def build_data(config: ExperimentConfig, ctx: DistContext) -> RunData:
+    """Train, validation and calibration loaders for ``config`` on this rank."""
+    import deps_loaders as L
+
+    d, run = config.data, config.run
+    if d.batch_size % ctx.world_size:
+        raise ValueError(f"data.batch_size={d.batch_size} is not divisible by the {ctx.world_size} processes")
+    if d.source == "synthetic":
+        train_path, val_path = _synthetic_paths(config, ctx)
+    else:
+        train_path, val_path = Path(d.train), Path(d.val)
+        for split, path in (("data.train", train_path), ("data.val", val_path)):
+            if not path.exists():
+                raise ValueError(f"{split}: {path} does not exist")
+    num_classes = resolve_num_classes(config, train_path)
+    mixes = d.mixup_alpha > 0 or d.cutmix_alpha > 0
+    augment = None
+    if d.auto_augment or d.color_distortion or d.random_erasing > 0 or mixes:
+        augment = L.Augment(
+            auto_augment=d.auto_augment,
+            color=L.ColorDistortion() if d.color_distortion else None,
+            random_erasing=d.random_erasing,
+            mixup_alpha=d.mixup_alpha,
+            cutmix_alpha=d.cutmix_alpha,
+            num_classes=num_classes,
+        )
+    resolution = d.resolution[0] if len(d.resolution) == 1 else list(d.resolution)
+    val_res = d.val_resolution or max(d.resolution)
+    crop_ratio = 1.0 if d.source == "synthetic" else 224 / 256  # the synthetic images are already centred crops
+    common = dict(device=ctx.device, num_workers=d.num_workers, num_classes=num_classes)
+    dist = dict(distributed=ctx.distributed, rank=ctx.rank, world_size=ctx.world_size)
+    per_rank = d.batch_size // ctx.world_size
+    if d.source == "imagefolder":
+        train = L.torchvision_train_loader(
+            train_path, per_rank, resolution=resolution, seed=run.seed, scale=d.scale, augment=augment, **dist, **common
+        )
+        val = L.torchvision_val_loader(val_path, d.val_batch_size, resolution=val_res, **dist, **common)
+        calib = L.torchvision_train_loader(
+            train_path, run.calib_batch, resolution=val_res, seed=run.seed + 1, scale=d.scale, **common
+        )
+    else:
+        train = L.train_loader(
+            train_path, per_rank, resolution=resolution, seed=run.seed, scale=d.scale, augment=augment, **dist, **common
+        )
+        val = L.val_loader(val_path, d.val_batch_size, resolution=val_res, crop_ratio=crop_ratio, **dist, **common)
+        calib = L.train_loader(
+            train_path, run.calib_batch, resolution=val_res, seed=run.seed + 1, scale=d.scale, drop_last=False, **common
+        )
+    return RunData(train, val, calib, num_classes, str(train_path), str(val_path))

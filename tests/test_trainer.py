@@ -1,0 +1,249 @@
+"""The trainer end to end through FFCV: outputs, exact resume after SIGKILL, 2-process gloo, NaN and bad checkpoints.
+
+The runs are real ``deps train`` processes on a tiny synthetic dataset (built once into a temporary cache).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from deps_core.checkpoint import CheckpointError, load_checkpoint
+from deps_core.config import ExperimentConfig, apply_overrides, list_presets, load_preset
+from deps_core.schedules import Progress
+from deps_core.spaces import space_spec
+from deps_core.trainer import build_strategy
+
+TINY = [
+    "model.width_mult=0.25",
+    "model.dropout=0",
+    "data.synthetic_train_size=384",
+    "data.synthetic_val_size=128",
+    "data.batch_size=32",
+    "data.val_batch_size=64",
+    "data.num_workers=1",
+    "method.epochs=3",
+    "method.p_fm=0.34",
+    "method.ramp_epochs=0.5",
+    "method.reorganize=true",
+    "optim.lr=0.05",
+    "optim.lr_batch=32",
+    "run.checkpoint_every=3",
+    "run.log_every=1",
+    "run.eval_archs=2",
+    "run.calib_images=64",
+    "run.calib_batch=32",
+    "run.progress=false",
+]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    return os.environ | {"DEPS_CACHE": str(cache), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _train_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "deps_core.cli", "train", *args]
+
+
+def _run(args: list[str], env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _model(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, env):
+    out = tmp_path_factory.mktemp("runs") / "full"
+    proc = _run(_train_cmd(*TINY, f"run.out_dir={out}"), env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc
+
+
+# --- presets and configs ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list_presets())
+def test_every_preset_is_valid_and_builds_its_strategy(name):
+    config = load_preset(name)
+    spec = space_spec(config.model.space, **config.model.space_kwargs())
+    strategy = build_strategy(config, spec)
+    assert strategy.total_epochs >= 1
+    assert ExperimentConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+def test_seed_recipe_preset_matches_the_readme():
+    config = load_preset("deps-mbv3-imagenet")
+    strategy = build_strategy(config, space_spec("ofa_mbv3_w1.0", **config.model.space_kwargs()))
+    assert strategy.total_epochs == 270 and config.model.ks_choices == (7,) and config.method.k == 4
+    assert strategy.plan(Progress(144, 99, 100), 0).phase == "fm_warmup"
+    first = strategy.plan(Progress(145, 0, 100), 0)
+    assert first.phase == "shrinking" and first.epsilon < 1e-2
+    assert strategy.plan(Progress(150, 0, 100), 0).epsilon == 1.0
+    assert strategy.lr_at(Progress(0, 0, 100)) == pytest.approx(0.1625 * 2048 / 128)
+    assert build_strategy(load_preset("ofa-mbv3-imagenet"), space_spec("ofa_mbv3_w1.0")).total_epochs == 605
+    assert build_strategy(load_preset("compofa-mbv3-imagenet"), space_spec("ofa_mbv3_w1.0")).total_epochs == 330
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["optim.lrr=3"], "unknown key 'optim.lrr'"),
+        (["optim.lr=fast"], "optim.lr='fast': expected float"),
+        (["method.name=sgd"], "method.name must be one of"),
+        (["data.batch_size=0"], "data.batch_size must be a number >= 1"),
+        (["lr=3"], "is not of the form section.field=value"),
+        (["--preset", "nope"], "unknown preset 'nope'"),
+        (["--config", "/nonexistent.json"], "config file not found: /nonexistent.json"),
+        (["--resume", "/nonexistent-run"], "checkpoint not found: /nonexistent-run/checkpoints/last.pt"),
+    ],
+)
+def test_bad_cli_values_are_one_line_errors_with_exit_2(args, message, env):
+    proc = _run(_train_cmd(*args), env, timeout=120)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_dry_run_prints_the_resolved_config(env, tmp_path):
+    override = tmp_path / "o.json"
+    override.write_text(json.dumps({"optim": {"lr": 0.3}}))
+    proc = _run(_train_cmd("--preset", "deps-mbv3-cifar10", "--config", str(override), "method.k=3", "--dry-run"), env)
+    config = ExperimentConfig.from_dict(json.loads(proc.stdout))
+    expected = apply_overrides(load_preset("deps-mbv3-cifar10").merged({"optim": {"lr": 0.3}}), ["method.k=3"])
+    assert proc.returncode == 0 and config == expected
+
+
+# --- a real run --------------------------------------------------------------------------------------------------
+
+
+def test_a_tiny_run_writes_logs_checkpoints_report_and_plot(full_run):
+    out, proc = full_run
+    steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
+    epochs = [json.loads(line) for line in (out / "epochs.jsonl").read_text().splitlines()]
+    assert [s["global_step"] for s in steps] == list(range(len(steps))) and len(epochs) == 3
+    assert {s["phase"] for s in steps} == {"fm_warmup", "shrinking"}
+    shrink = [s for s in steps if s["phase"] == "shrinking"]
+    assert shrink[0]["epsilon"] == pytest.approx(1e-4) and shrink[-1]["epsilon"] == 1.0
+    assert set(shrink[0]["losses"]) == {"0:full", "1:min", "2:uniform", "3:uniform"}
+    assert all("val_top1/full" in e and "cost" in e for e in epochs)
+    report = json.loads((out / "report.json").read_text())
+    assert report["pareto"]["buckets"] and 0 <= report["pareto"]["mean_pareto_accuracy"] <= 1
+    assert report["cost"]["train_seconds"] > 0 and set(report["cost"]["train_seconds_by_phase"]) == {
+        "fm_warmup",
+        "shrinking",
+    }
+    assert (out / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "checkpoints" / "last.pt").exists() and (out / "checkpoints" / "prev.pt").exists()
+    assert "mean pareto accuracy" in proc.stdout
+    state = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert state["strategy_state"]["reorganized"] == ["shrink"]
+    assert state["progress"]["epoch"] == 3 and state["progress"]["step"] == 0
+
+
+def test_rerunning_into_an_existing_run_directory_is_refused(full_run, env):
+    out, _ = full_run
+    proc = _run(_train_cmd(*TINY, f"run.out_dir={out}"), env)
+    assert proc.returncode == 2 and "already holds a run" in proc.stderr
+
+
+def test_resume_after_sigkill_is_bit_identical(full_run, env, tmp_path):
+    full, _ = full_run
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(
+        _train_cmd(*TINY, f"run.out_dir={out}"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    side = out / "checkpoints" / "last.json"
+    deadline = time.time() + 600
+    killed_at = None
+    while time.time() < deadline and proc.poll() is None:
+        if side.exists():
+            try:
+                pos = json.loads(side.read_text())
+            except ValueError:
+                pos = None
+            # mid-epoch, after shrinking (and the channel re-organization) started
+            if pos and pos["epoch"] >= 1 and pos["step"] > 0 and pos["global_step"] >= 18:
+                proc.send_signal(signal.SIGKILL)
+                killed_at = pos
+                break
+        time.sleep(0.02)
+    proc.wait(timeout=60)
+    assert killed_at is not None, "the run ended before it could be killed"
+    resumed = _run(_train_cmd("--resume", str(out)), env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming" in resumed.stderr
+    a, b = _model(full), _model(out)
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs after resume at {killed_at}"
+    sa = load_checkpoint(full / "checkpoints" / "last.pt")
+    sb = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert sb["strategy_state"]["reorganized"] == ["shrink"]  # sorted once, never again after the resume
+    for pa, pb in zip(sa["optimizer"]["state"].values(), sb["optimizer"]["state"].values()):
+        assert torch.equal(pa["momentum_buffer"], pb["momentum_buffer"])
+    steps = [json.loads(line)["global_step"] for line in (out / "steps.jsonl").read_text().splitlines()]
+    assert steps == list(range(len(steps)))  # the log continues without duplicates
+
+
+def test_two_gloo_processes_match_one_process_with_the_same_global_batch(env, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    common = [*TINY, "method.epochs=2", "run.eval_archs=0", "run.device=cpu"]
+    single = _run(_train_cmd(*common, f"run.out_dir={one}", "run.grad_accum=2"), env)
+    assert single.returncode == 0, single.stderr[-3000:]
+    launcher = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "deps_core.cli",
+        "train",
+        *common,
+        f"run.out_dir={two}",
+    ]
+    double = _run(launcher, env)
+    assert double.returncode == 0, double.stderr[-3000:]
+    a, b = _model(one), _model(two)
+    params = [k for k in a if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    worst = max((a[k] - b[k]).abs().max().item() for k in params)
+    assert worst <= 1e-5, worst
+    moved = max((a[k] - b[k]).abs().max().item() for k in a if k.endswith("running_mean"))
+    assert moved > 0  # BN statistics are per rank (each saw half the batch): only the weights must agree
+
+
+def test_nan_loss_stops_naming_step_term_and_arch_and_keeps_the_checkpoint(env, tmp_path):
+    out = tmp_path / "nan"
+    proc = _run(
+        _train_cmd(*TINY, f"run.out_dir={out}", "optim.lr=1e6", "optim.lr_batch=32", "run.checkpoint_every=1"), env
+    )
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    message = proc.stderr.strip().splitlines()[-1]
+    assert "non-finite loss" in message and "epoch 0 step" in message and "term 0 (full" in message
+    assert "ofa_mbv3_32@32[" in message and "last.pt" in message
+    state = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.dtype.is_floating_point)
+
+
+def test_corrupt_checkpoint_is_a_clear_error_naming_the_file(full_run, env, tmp_path):
+    out = tmp_path / "corrupt"
+    (out / "checkpoints").mkdir(parents=True)
+    good = (full_run[0] / "checkpoints" / "last.pt").read_bytes()
+    (out / "checkpoints" / "last.pt").write_bytes(good[: len(good) // 2])
+    with pytest.raises(CheckpointError, match=r"last\.pt is truncated or corrupt"):
+        load_checkpoint(out / "checkpoints" / "last.pt")
+    proc = _run(_train_cmd("--resume", str(out)), env)
+    assert proc.returncode == 2 and "last.pt is truncated or corrupt" in proc.stderr
+    (out / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint at all")
+    proc = _run(_train_cmd("--resume", str(out)), env)
+    assert proc.returncode == 2 and str(out / "checkpoints" / "last.pt") in proc.stderr
