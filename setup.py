@@ -45,7 +45,7 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-benchmark>=4", "hypothesis>=6", "ruff", "ofa==0.1.0.post202307202001"],
+        "test": ["pytest>=8", "pytest-benchmark>=4", "hypothesis>=6", "ruff", "ofa==0.1.0.post202307202001", "onnx"],
         "onnx": ["onnx"],
     },
     entry_points={"console_scripts": ["deps = deps_core.cli:main"]},

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "CHECKPOINT_FORMAT"]
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "supernet_from_checkpoint", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = "deps.checkpoint/1"
 
@@ -60,8 +60,8 @@ def save_checkpoint(
 def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint; ``CheckpointError`` names the file when it is missing, unreadable or not a deps checkpoint."""
     path = Path(path)
-    if path.is_dir():
-        path = path / "last.pt"
+    if path.is_dir():  # a run directory or its checkpoints/ directory
+        path = path / "checkpoints" / "last.pt" if (path / "checkpoints").is_dir() else path / "last.pt"
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
@@ -77,3 +77,23 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a deps checkpoint (format {CHECKPOINT_FORMAT!r})")
     return state
+
+
+def supernet_from_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cpu"):
+    """``(supernet, config)`` of a training checkpoint (a run directory or a ``.pt`` file), weights loaded."""
+    from deps_core.config import ExperimentConfig
+    from deps_core.spaces import create_supernet
+
+    state = load_checkpoint(path, map_location=device)
+    config = ExperimentConfig.from_dict(state["config"])
+    net = create_supernet(
+        config.model.space,
+        num_classes=state["num_classes"],
+        kernel_transform=config.model.kernel_transform,
+        **config.model.space_kwargs(),
+    )
+    try:
+        net.load_state_dict(state["model"])
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: the weights do not fit the supernet its config describes ({err})") from None
+    return net.to(device), config

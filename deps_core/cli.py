@@ -26,6 +26,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+    return value
+
+
 def _table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
     line = lambda r: "  ".join(str(c).rjust(w) if j else str(c).ljust(w) for j, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
@@ -162,6 +172,97 @@ def _write_report(out_dir: Path, config, summary: dict, report: dict | None, wal
     print(f"wrote {out_dir / 'report.json'}" + (f", {out_dir / 'pareto.png'}" if report is not None else ""))
 
 
+def _arch_arg(text: str, net):
+    """``max``, ``min`` or a JSON file / string of an Arch."""
+    from deps_core.arch import Arch
+
+    if text in ("max", "min"):
+        return net.max_arch() if text == "max" else net.min_arch()
+    path = Path(text)
+    arch = Arch.from_json(path.read_text() if path.is_file() else text)
+    net.check(arch)
+    return arch
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    """Recalibrate BN and evaluate subnets of a trained supernet: Pareto table, subnets.json, report and plot."""
+    from deps_core.arch import uniform_arch
+    from deps_core.checkpoint import load_checkpoint, supernet_from_checkpoint
+    from deps_core.config import ExperimentConfig, apply_overrides
+    from deps_core.data import build_data
+    from deps_core.distributed import DistContext
+    from deps_core.evaluate import (
+        ArchResult,
+        CachedBatches,
+        evaluate_archs,
+        format_pareto_table,
+        pareto_report,
+        plot_pareto,
+        report_to_json,
+        save_results,
+    )
+
+    ckpt = Path(args.checkpoint)
+    ckpt = ckpt / "checkpoints" / "last.pt" if ckpt.is_dir() else ckpt
+    config = apply_overrides(ExperimentConfig.from_dict(load_checkpoint(ckpt)["config"]), args.overrides)
+    ctx = DistContext.from_env(config.run.device)
+    net, _ = supernet_from_checkpoint(ckpt, device=ctx.device)
+    data = build_data(config, ctx)
+    if data.num_classes != net.num_classes:
+        raise ValueError(f"the data has {data.num_classes} classes, the checkpoint's supernet {net.num_classes}")
+    g = torch.Generator().manual_seed(args.seed)
+    archs = [_arch_arg(a, net) for a in args.arch] or (
+        [net.max_arch(), net.min_arch()] + [uniform_arch(net.spec, g) for _ in range(args.archs)]
+    )
+    calib = CachedBatches.from_loader(
+        data.calib.epoch(0), max_images=config.run.calib_images, batch_size=config.run.calib_batch
+    )
+    amp = ctx.device.type == "cuda"
+    results = evaluate_archs(net, list(dict.fromkeys(archs)), calib, data.val, amp=amp, ctx=ctx, progress=ctx.is_main)
+    ctx.shutdown()
+    if not ctx.is_main:
+        return 0
+    out = Path(args.out or ckpt.parent.parent / "eval")
+    out.mkdir(parents=True, exist_ok=True)
+    save_results(results, out / "subnets.json")
+    report = pareto_report(net, results, args.buckets)
+    print(format_pareto_table(report))
+    runs = {args.label or config.method.name: report["buckets"]}
+    for other in args.overlay:
+        label, _, path = other.rpartition("=")
+        loaded = [ArchResult.from_dict(d) for d in json.loads(Path(path).read_text())]
+        runs[label or Path(path).parent.name] = pareto_report(net, loaded, args.buckets)["buckets"]
+    plot_pareto(runs, out / "pareto.png", title=f"{net.spec.name}")
+    (out / "report.json").write_text(json.dumps(report_to_json(report), indent=1) + "\n")
+    print(f"wrote {out / 'subnets.json'}, {out / 'report.json'}, {out / 'pareto.png'}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    """Calibrate BN for one subnet and write it as a static network: state dict + JSON config (+ ONNX)."""
+    from deps_core.checkpoint import supernet_from_checkpoint
+    from deps_core.config import apply_overrides
+    from deps_core.data import build_data
+    from deps_core.distributed import DistContext
+    from deps_core.evaluate import CachedBatches, calibrate_bn
+    from deps_core.export import export_static
+
+    ckpt = Path(args.checkpoint)
+    ckpt = ckpt / "checkpoints" / "last.pt" if ckpt.is_dir() else ckpt
+    net, config = supernet_from_checkpoint(ckpt)
+    arch = _arch_arg(args.arch, net)
+    if not args.no_calibrate:
+        config = apply_overrides(config, args.overrides + ["run.device=cpu"])
+        data = build_data(config, DistContext())
+        calib = CachedBatches.from_loader(
+            data.calib.epoch(0), max_images=config.run.calib_images, batch_size=config.run.calib_batch
+        )
+        calibrate_bn(net, arch, calib)
+    paths = export_static(net, arch, args.out, formats=args.format)
+    print("\n".join(f"wrote {p}" for p in paths))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="deps", description="Once-for-all supernet training with DεpS (Delayed ε-Shrinking).")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -175,6 +276,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list-presets", action="store_true", help="list the presets and exit")
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides, e.g. optim.lr=0.1")
     p.set_defaults(fn=_cmd_train)
+
+    p = sub.add_parser("eval", help="recalibrate BN and evaluate subnets of a trained supernet (Pareto table + plot)")
+    p.add_argument("--checkpoint", required=True, help="a run directory or a checkpoint .pt file")
+    p.add_argument("--archs", type=_count, default=40, help="uniform subnets besides the largest and smallest")
+    p.add_argument("--arch", action="append", default=[], help="evaluate only these: max, min, or an arch JSON")
+    p.add_argument("--buckets", type=_count, default=6, help="MAC buckets of the Pareto front")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampled subnets")
+    p.add_argument("--out", help="output directory (default: RUN_DIR/eval)")
+    p.add_argument("--label", help="this run's name in the plot (default: the method)")
+    p.add_argument(
+        "--overlay",
+        action="append",
+        default=[],
+        metavar="[LABEL=]SUBNETS_JSON",
+        help="add another run's subnets.json to the plot (repeatable)",
+    )
+    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="data overrides, e.g. data.val=...")
+    p.set_defaults(fn=_cmd_eval)
+
+    p = sub.add_parser("export", help="write one subnet as a static network (state dict + JSON config, or ONNX)")
+    p.add_argument("--checkpoint", required=True, help="a run directory or a checkpoint .pt file")
+    p.add_argument("--arch", default="max", help="max, min, or an arch JSON file/string")
+    p.add_argument(
+        "--format",
+        action="append",
+        choices=("torch", "onnx"),
+        default=None,
+        help="torch (state dict + JSON config, default) and/or onnx",
+    )
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--no-calibrate", action="store_true", help="keep the supernet's BN statistics (no recalibration)")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="data overrides for the calibration set")
+    p.set_defaults(fn=_cmd_export)
 
     from deps_loaders.cli import add_data_arguments, run_data
 

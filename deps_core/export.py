@@ -7,6 +7,9 @@ static network computes what ``supernet(x, arch)`` computes; the kernel transfor
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,7 +21,15 @@ from deps_core.arch import Arch
 from deps_core.spaces.base import mid_channels, se_channels
 from deps_core.supernet import Supernet
 
-__all__ = ["StaticSubnet", "subnet_config", "build_static", "extract_subnet", "CONFIG_FORMAT"]
+__all__ = [
+    "StaticSubnet",
+    "subnet_config",
+    "build_static",
+    "extract_subnet",
+    "export_static",
+    "load_static",
+    "CONFIG_FORMAT",
+]
 
 CONFIG_FORMAT = "deps.static_subnet/1"
 
@@ -253,3 +264,46 @@ def extract_subnet(supernet: Supernet, arch: Arch) -> StaticSubnet:
     net.classifier.weight.copy_(views["classifier.weight"])
     net.classifier.bias.copy_(views["classifier.bias"])
     return net.train(supernet.training)
+
+
+def export_static(
+    supernet: Supernet, arch: Arch, out_dir: str | os.PathLike, *, formats: list[str] | None = None
+) -> list[Path]:
+    """Write the static network of ``arch``: ``subnet.pt`` (state dict) + ``subnet.json`` (config + arch) for
+    ``"torch"``, ``subnet.onnx`` (batch axis dynamic, input ``images`` at the arch's resolution) for ``"onnx"``."""
+    formats = formats or ["torch"]
+    bad = sorted(set(formats) - {"torch", "onnx"})
+    if bad:
+        raise ValueError(f"export formats must be 'torch' and/or 'onnx'; got {bad}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    net = extract_subnet(supernet, arch).eval()
+    written = []
+    if "torch" in formats:
+        torch.save(net.state_dict(), out / "subnet.pt")
+        (out / "subnet.json").write_text(json.dumps(net.config, indent=1) + "\n")
+        written += [out / "subnet.pt", out / "subnet.json"]
+    if "onnx" in formats:
+        x = torch.randn(1, 3, arch.resolution, arch.resolution, device=next(net.parameters()).device)
+        torch.onnx.export(
+            net,
+            (x,),
+            str(out / "subnet.onnx"),
+            dynamo=False,
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+        )
+        written.append(out / "subnet.onnx")
+    return written
+
+
+def load_static(directory: str | os.PathLike) -> StaticSubnet:
+    """Rebuild an exported static network from ``subnet.json`` + ``subnet.pt`` (no supernet needed)."""
+    d = Path(directory)
+    for name in ("subnet.json", "subnet.pt"):
+        if not (d / name).is_file():
+            raise FileNotFoundError(f"exported subnet incomplete: {d / name} is missing")
+    net = build_static(json.loads((d / "subnet.json").read_text()))
+    net.load_state_dict(torch.load(d / "subnet.pt", map_location="cpu", weights_only=True))
+    return net.eval()

@@ -247,3 +247,82 @@ def test_corrupt_checkpoint_is_a_clear_error_naming_the_file(full_run, env, tmp_
     (out / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint at all")
     proc = _run(_train_cmd("--resume", str(out)), env)
     assert proc.returncode == 2 and str(out / "checkpoints" / "last.pt") in proc.stderr
+
+
+def test_eval_command_recalibrates_and_writes_the_pareto_report(full_run, env, tmp_path):
+    out, _ = full_run
+    proc = _run(
+        [
+            sys.executable,
+            "-m",
+            "deps_core.cli",
+            "eval",
+            "--checkpoint",
+            str(out),
+            "--archs",
+            "3",
+            "--out",
+            str(tmp_path / "eval"),
+            "--overlay",
+            f"again={out / 'subnets.json'}",
+        ],
+        env,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "mean pareto accuracy" in proc.stdout
+    results = json.loads((tmp_path / "eval" / "subnets.json").read_text())
+    assert len(results) >= 3 and all(0 <= r["top1"] <= 1 for r in results)
+    assert (tmp_path / "eval" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_export_writes_a_static_subnet_and_onnx_that_match_the_supernet(full_run, env, tmp_path):
+    import onnx
+
+    from deps_core.checkpoint import supernet_from_checkpoint
+    from deps_core.export import load_static
+
+    out, _ = full_run
+    proc = _run(
+        [
+            sys.executable,
+            "-m",
+            "deps_core.cli",
+            "export",
+            "--checkpoint",
+            str(out),
+            "--arch",
+            "min",
+            "--format",
+            "torch",
+            "--format",
+            "onnx",
+            "--out",
+            str(tmp_path / "min"),
+            "--no-calibrate",
+        ],
+        env,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    static = load_static(tmp_path / "min")
+    net, _ = supernet_from_checkpoint(out)
+    x = torch.randn(3, 3, 32, 32)
+    torch.testing.assert_close(static(x), net.eval()(x, net.min_arch()), atol=1e-5, rtol=1e-5)
+    graph = onnx.load(str(tmp_path / "min" / "subnet.onnx"))
+    onnx.checker.check_model(graph)
+    assert [i.name for i in graph.graph.input][:1] == ["images"]
+    bad = _run(
+        [
+            sys.executable,
+            "-m",
+            "deps_core.cli",
+            "export",
+            "--checkpoint",
+            str(out),
+            "--arch",
+            '{"space": "x"}',
+            "--out",
+            str(tmp_path / "bad"),
+        ],
+        env,
+    )
+    assert bad.returncode == 2 and "exactly the keys" in bad.stderr
