@@ -97,7 +97,7 @@ class _Producer:
     def run_batch(self, b: int, slot: int, indices: np.ndarray) -> tuple:
         self.memory.start_batch(b)
         n = len(indices)
-        self.prepare(slot, indices, self.buffers["operation"])
+        self.prepare(slot, b, indices, self.buffers["operation"])
         args = {
             "batch_indices": indices,
             "storage_state": self.state,
@@ -132,10 +132,10 @@ class _Producer:
 class EpochRunner:
     """Iterator over one epoch's batches of a prepared ``ffcv.loader.Loader``.
 
-    ``batches`` are the sample indices of each batch. ``prepare(slot, indices, buffers)`` writes per-batch parameters
-    into the operations' buffers before the pipeline runs and ``check(slot, indices, buffers)`` validates after it
-    (both on the loader thread); ``finish(result, b)`` runs on the consumer thread and turns the raw pipeline outputs
-    of batch ``b`` into the yielded value (it must copy out of the slot's buffers, which are reused).
+    ``batches`` are the sample indices of each batch. ``prepare(slot, b, indices, buffers)`` writes the parameters of
+    batch ``b`` into the operations' buffers before the pipeline runs and ``check(slot, indices, buffers)`` validates
+    after it (both on the loader thread); ``finish(result, b)`` runs on the consumer thread and turns the raw pipeline
+    outputs of batch ``b`` into the yielded value (it must copy out of the slot's buffers, which are reused).
     """
 
     def __init__(
@@ -143,7 +143,7 @@ class EpochRunner:
         loader: Any,
         batches: Sequence[np.ndarray],
         *,
-        prepare: Callable[[int, np.ndarray, dict], None],
+        prepare: Callable[[int, int, np.ndarray, dict], None],
         check: Callable[[int, np.ndarray, dict], None],
         finish: Callable[[tuple, int], Any],
         num_threads: int,
