@@ -88,10 +88,10 @@ def test_cache_is_built_once_verified_and_rebuilt_when_damaged(tmp_path, monkeyp
 # --- difficulty separates capacity ------------------------------------------------------------------------------------
 
 
-def _cnn(width: int) -> nn.Module:
-    """Six 3×3 conv-BN-ReLU layers (widths w, w, 2w, 2w, 4w, 4w; max-pool after every second), GAP, linear."""
+def _cnn(width: int, depth: int = 6) -> nn.Module:
+    """``depth`` 3×3 conv-BN-ReLU layers (widths w, w, 2w, 2w, 4w, 4w; max-pool after every second), GAP, linear."""
     layers, cin = [], 3
-    for i in range(6):
+    for i in range(depth):
         cout = width * 2 ** (i // 2)
         layers += [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
         layers += [nn.MaxPool2d(2)] if i % 2 else []
@@ -131,17 +131,18 @@ def capacity_data(tmp_path_factory):
     return synthetic_beton("train", spec, cache_dir=cache), synthetic_beton("val", spec, cache_dir=cache)
 
 
-def test_a_wider_network_wins_after_a_short_run(capacity_data, one_torch_thread):
-    """Two plain CNNs differing only in width (8 vs 16), same data, order, steps and seed: about 25 % vs 40 %."""
+def test_a_larger_network_wins_after_a_short_run(capacity_data, one_torch_thread):
+    """Same data, order, steps and seed: 2 conv layers of 8 channels stay near chance (local colour and texture say
+    nothing about the class) while 6 layers of 16–64 channels reach ~24 % after 3 epochs of 4k images (~20 s)."""
     train, val = capacity_data
     accuracy = {}
-    for width in (8, 16):
+    for width, depth in ((8, 2), (16, 6)):
         with torch.random.fork_rng():  # the layers initialize from the global generator: seed it, then restore it
             torch.manual_seed(0)
-            net = _cnn(width).to(memory_format=torch.channels_last)
-        accuracy[width] = _train_and_evaluate(net, lambda n, x: n(x), train, val, epochs=3, lr=3e-3)
-    assert accuracy[8] > 0.13, accuracy  # both learn something (chance is 0.10)...
-    assert accuracy[16] > accuracy[8] + 0.05, accuracy  # ...and capacity shows by several points
+            net = _cnn(width, depth).to(memory_format=torch.channels_last)
+        accuracy[depth] = _train_and_evaluate(net, lambda n, x: n(x), train, val, epochs=3, lr=3e-3)
+    assert accuracy[6] > 0.18, accuracy  # well above chance (0.10)...
+    assert accuracy[6] > accuracy[2] + 0.08, accuracy  # ...and capacity shows by several points
 
 
 @pytest.mark.slow
