@@ -89,7 +89,8 @@ class FFCVImageLoader(ImageLoader):
             batches_ahead=self.options.batches_ahead,
         )
 
-    def _params(self, buffers: dict, slot: int, count: int) -> np.ndarray:
+    def _params(self, buffers: dict, slot: int, count: int) -> list[np.ndarray]:
+        """The decoder's per-sample parameter rows of a slot (one array per pipeline using the decoder)."""
         return [buffers[node][2][slot][:count] for node in self._decoder_nodes]
 
     def _epoch_params(self, epoch: int, batches: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -110,14 +111,14 @@ class FFCVImageLoader(ImageLoader):
         return params, offsets
 
     def _prepare(self, params: np.ndarray, offsets: np.ndarray, slot: int, b: int, indices: np.ndarray, buffers: dict):
+        # runs on the loader thread: only a copy of precomputed rows
         rows = params[offsets[b] : offsets[b + 1]]
         for buffer in self._params(buffers, slot, len(indices)):
             buffer[:] = rows
 
     def _check(self, slot: int, indices: np.ndarray, buffers: dict) -> None:
-        status = STATUS
         for params in self._params(buffers, slot, len(indices)):
-            bad = params[:, status] != 0
+            bad = params[:, STATUS] != 0
             if bad.any():
                 raise BetonError(
                     f"{self.path}: libjpeg-turbo could not decode sample(s) {indices[bad][:8].tolist()} (corrupt file?)"
