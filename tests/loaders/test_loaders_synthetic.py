@@ -3,8 +3,8 @@ model capacity after a short training run through the FFCV loader.
 
 The capacity check uses two plain CNNs: the max and min subnets of ``ofa_mbv3_32`` (w0.5) train too slowly on 2 CPU
 cores (~35 vs ~170 images/s) for a short test, and in short runs the min subnet learns as fast or faster (measured with
-plain autograd and AdamW through this loader: 12 epochs of 4k images, max 70.5 % vs min 71.2 %; 5 epochs of 3k, min
-ahead by 6–9 points).
+plain autograd: 12 epochs of 4k images through this loader with AdamW, max 70.5 % vs min 71.2 %; 5 epochs of 3k with
+SGD or AdamW, the min subnet ahead by 6–9 points).
 """
 
 from __future__ import annotations
