@@ -10,7 +10,8 @@ slot) and fixes on our side what it gets wrong:
 - The thread sets numba's (thread-local) thread count only; FFCV's ``Compiler.set_num_threads`` also calls
   ``torch.set_num_threads`` for the whole process.
 - A slot is released by a CUDA event recorded by the consumer after the batch's post-processing was enqueued, instead
-  of FFCV's count-based guess of which slot the consumer is done with.
+  of FFCV's count-based guess of which slot the consumer is done with, and its pinned host buffer is rewritten only
+  after its last non-blocking copy to the device has completed.
 - Per-batch parameters (the crop boxes and flips of :mod:`deps_loaders.crops`) are written into the decoder's own
   buffer for the slot before the pipeline runs; this is how a numba decoder receives values that change every batch
   and epoch without recompiling.
@@ -57,7 +58,8 @@ class _Producer:
             self.buffers = loader.graph.allocate_memory(loader.batch_size, self.slots)
             self.code, self.outputs = loader.code
             self.streams = [torch.cuda.Stream() for _ in range(self.slots)] if self.cuda else None
-            self.released: list[Any] = [None] * self.slots  # CUDA events recorded by the consumer
+            self.released: list[Any] = [None] * self.slots  # consumer done with the slot's device buffers
+            self.copied: list[Any] = [None] * self.slots  # the slot's host→device copies have finished
         except BaseException:
             self.memory.__exit__(None, None, None)
             raise
@@ -95,7 +97,7 @@ class _Producer:
     def run_batch(self, b: int, slot: int, indices: np.ndarray) -> tuple:
         self.memory.start_batch(b)
         n = len(indices)
-        self.prepare(slot, indices, self.buffers["operation"])
+        self.prepare(slot, b, indices, self.buffers["operation"])
         args = {
             "batch_indices": indices,
             "storage_state": self.state,
@@ -105,10 +107,16 @@ class _Producer:
         }
         if self.cuda:
             stream = self.streams[slot]
+            if self.copied[slot] is not None:
+                # the decoder is about to overwrite this slot's pinned host buffer: its last non-blocking copy to the
+                # device must be over (a CPU wait on this thread; FFCV only orders the GPU streams)
+                self.copied[slot].synchronize()
             with torch.cuda.stream(stream):
                 if self.released[slot] is not None:
                     stream.wait_event(self.released[slot])
                 self.run_stages(args)
+                self.copied[slot] = torch.cuda.Event()
+                self.copied[slot].record(stream)
         else:
             self.run_stages(args)
         self.check(slot, indices, self.buffers["operation"])
@@ -124,10 +132,10 @@ class _Producer:
 class EpochRunner:
     """Iterator over one epoch's batches of a prepared ``ffcv.loader.Loader``.
 
-    ``batches`` are the sample indices of each batch. ``prepare(slot, indices, buffers)`` writes per-batch parameters
-    into the operations' buffers before the pipeline runs and ``check(slot, indices, buffers)`` validates after it
-    (both on the loader thread); ``finish(result, b)`` runs on the consumer thread and turns the raw pipeline outputs
-    of batch ``b`` into the yielded value (it must copy out of the slot's buffers, which are reused).
+    ``batches`` are the sample indices of each batch. ``prepare(slot, b, indices, buffers)`` writes the parameters of
+    batch ``b`` into the operations' buffers before the pipeline runs and ``check(slot, indices, buffers)`` validates
+    after it (both on the loader thread); ``finish(result, b)`` runs on the consumer thread and turns the raw pipeline
+    outputs of batch ``b`` into the yielded value (it must copy out of the slot's buffers, which are reused).
     """
 
     def __init__(
@@ -135,7 +143,7 @@ class EpochRunner:
         loader: Any,
         batches: Sequence[np.ndarray],
         *,
-        prepare: Callable[[int, np.ndarray, dict], None],
+        prepare: Callable[[int, int, np.ndarray, dict], None],
         check: Callable[[int, np.ndarray, dict], None],
         finish: Callable[[tuple, int], Any],
         num_threads: int,
@@ -145,7 +153,6 @@ class EpochRunner:
         self._length = len(batches)
         self._closed = True  # until the thread runs, close() has nothing to do
         self._producer = _Producer(loader, list(batches), prepare, check, num_threads, batches_ahead)
-        self._consumer_stream = torch.cuda.current_stream() if self._producer.cuda else None
         self._thread = threading.Thread(target=self._producer.run, daemon=True, name="deps-ffcv-epoch")
         self._closed = False
         self._thread.start()
@@ -180,11 +187,12 @@ class EpochRunner:
             raise item.error
         slot, b, result = item
         if producer.cuda:
-            self._consumer_stream.wait_stream(producer.streams[slot])
+            consumer = torch.cuda.current_stream()
+            consumer.wait_stream(producer.streams[slot])
         out = self._finish(result, b)
         if producer.cuda:
             event = torch.cuda.Event()
-            event.record(self._consumer_stream)
+            event.record(consumer)
             producer.released[slot] = event
         return out
 

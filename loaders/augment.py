@@ -302,15 +302,21 @@ class BatchTransform:
         self, images: torch.Tensor, labels: torch.Tensor, epoch: int, step: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         size = self.resolution.at(self.seed, epoch, step)
+        fresh = False  # whether `images` is still the loader's buffer, which later batches overwrite
         if images.shape[-2:] != (size, size):
             images = TF.resize(images, [size, size], antialias=True)
+            fresh = True
         aug = self.augment
         rng = np.random.default_rng(batch_seed(self.seed, epoch, step, STREAM_AUGMENT)) if aug is not None else None
         if aug is not None and aug.auto_augment is not None:
             images = auto_augment(images, rng, aug.auto_augment)
+            fresh = True
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         if self.dtype == torch.uint8:  # raw pixels, e.g. to normalize inside the model (checked: no float-only aug)
-            return images.contiguous(memory_format=memory_format), labels.clone()
+            images = (
+                images.contiguous(memory_format=memory_format) if fresh else images.clone(memory_format=memory_format)
+            )
+            return images, labels.clone()
         x = images.to(dtype=torch.float32, memory_format=memory_format)
         mean = torch.tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1).to(x.device, non_blocking=True)
         std = torch.tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1).to(x.device, non_blocking=True)

@@ -19,7 +19,12 @@ import math
 import numpy as np
 from deps_loaders.seeding import STREAM_CROP, STREAM_FLIP, sample_uniforms
 
-__all__ = ["center_crop_boxes", "flips", "random_resized_crop_boxes", "resize_size"]
+__all__ = ["PARAM_COLUMNS", "STATUS", "center_crop_boxes", "flips", "random_resized_crop_boxes", "resize_size"]
+
+# A sample's decode parameters as the FFCV decoder reads them: box (top, left, height, width), flip (0/1), and the
+# libjpeg-turbo status the decoder writes back.
+PARAM_COLUMNS = 6
+STATUS = 5
 
 _TRIES = 10  # torchvision's RandomResizedCrop.get_params
 

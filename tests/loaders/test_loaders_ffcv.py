@@ -112,9 +112,9 @@ def test_train_images_are_crops_and_flips_of_the_stored_images(raw_beton, square
 
 def test_uint8_output_is_unnormalized_pixels(raw_beton, square_arrays):
     images, _ = square_arrays
-    loader = train_loader(raw_beton, 50, resolution=32, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip=False,
+    loader = train_loader(raw_beton, 20, resolution=32, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip=False,
                           dtype=torch.uint8, num_workers=1)  # fmt: skip
-    x = torch.cat([x for x, _ in loader])
+    x = torch.cat([x for x, _ in loader])  # 10 batches held at once: more than the loader's 5 buffer slots
     assert x.dtype == torch.uint8 and x.is_contiguous(memory_format=torch.channels_last)
     np.testing.assert_array_equal(x.permute(0, 2, 3, 1).numpy(), images[loader.indices(0).astype(np.int64)])
     with pytest.raises(ValueError, match="dtype"):
@@ -259,3 +259,20 @@ def test_fallback_is_reproducible_and_shards(jpeg_folder):
         if i == 1:
             break
     assert len(list(loader)) == len(loader) == 8  # the next epoch runs in full after an early break
+
+
+@pytest.mark.gpu
+def test_cuda_loader_matches_the_cpu_loader(raw_beton):
+    """The CUDA path (FFCV's ToDevice on per-slot streams, our events) yields what the CPU path yields."""
+    kw = dict(resolution=32, seed=2, num_workers=2, batches_ahead=2)
+    cpu = _collect(train_loader(raw_beton, 16, device="cpu", **kw))
+    gpu = [(x.cpu(), y.cpu()) for x, y in train_loader(raw_beton, 16, device="cuda", **kw)]
+    assert len(cpu) == len(gpu) == 12
+    for (a, ya), (b, yb) in zip(cpu, gpu):
+        torch.testing.assert_close(ya, yb, rtol=0, atol=0)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    aug = dict(kw, resolution=[24, 32], augment=Augment.recipe(num_classes=10))
+    first = [(x.cpu(), y.cpu()) for x, y in train_loader(raw_beton, 16, device="cuda", **aug)]
+    second = [(x.cpu(), y.cpu()) for x, y in train_loader(raw_beton, 16, device="cuda", **aug)]
+    _assert_same_batches(first, second)
+    assert first[0][0].shape[-1] == ElasticResolution([24, 32]).at(2, 0, 0)

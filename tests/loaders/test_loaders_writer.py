@@ -112,6 +112,38 @@ def test_torchvision_datasets_are_written(tmp_path, jpeg_folder):
     np.testing.assert_array_equal(inspect_beton(tmp_path / "folder.beton").labels, folder.targets)
 
 
+def test_cifar_read_from_local_files(tmp_path, square_arrays):
+    """torchvision's CIFAR10 reader on local files in its format (download=False); the subclass skips only the MD5
+    checks of the original files."""
+    import pickle
+
+    from torchvision.datasets import CIFAR10
+
+    images, labels = square_arrays  # 200 images: 5 training batches of 30, a test batch of 50
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    chunks = [(f"data_batch_{i + 1}", slice(30 * i, 30 * (i + 1))) for i in range(5)] + [
+        ("test_batch", slice(150, 200))
+    ]
+    for name, part in chunks:
+        entry = {"data": images[part].transpose(0, 3, 1, 2).reshape(-1, 3072), "labels": labels[part].tolist()}
+        (folder / name).write_bytes(pickle.dumps(entry))
+
+    class LocalCIFAR10(CIFAR10):
+        def _check_integrity(self) -> bool:
+            return True
+
+        def _load_meta(self) -> None:  # also MD5-checked
+            self.classes = [f"c{i}" for i in range(10)]
+
+    dataset = LocalCIFAR10(str(tmp_path), train=True, download=False)
+    summary = write_beton(dataset, tmp_path / "cifar.beton", write_mode="raw", num_workers=1, progress=False)
+    assert (summary.images, summary.classes) == (150, 10)
+    got_images, got_labels = _read_all(tmp_path / "cifar.beton", 32)
+    np.testing.assert_array_equal(got_labels, labels[:150])
+    np.testing.assert_array_equal(got_images, images[:150])
+
+
 @pytest.mark.parametrize(
     "images, labels, kwargs, match",
     [

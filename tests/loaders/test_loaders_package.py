@@ -1,0 +1,29 @@
+"""Package boundaries: FFCV is imported lazily, nothing from deps_core, and FFCV's global side effects are undone."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from deps_loaders import FFCVUnavailableError
+from deps_loaders._ffcv import ffcv
+
+
+def _python(code: str) -> str:
+    return subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_ffcv_is_imported_lazily_and_keeps_torchs_thread_count():
+    # `import ffcv` runs Compiler.set_num_threads(1), which calls torch.set_num_threads(1) for the whole process
+    code = (
+        "import sys, torch, deps_loaders; torch.set_num_threads(2); "
+        "print('ffcv' in sys.modules, 'deps_core' in sys.modules); "
+        "deps_loaders._ffcv.ffcv('loader'); print(torch.get_num_threads())"
+    )
+    assert _python(code).split() == ["False", "False", "2"]
+
+
+def test_a_missing_ffcv_part_is_a_clear_error():
+    with pytest.raises(FFCVUnavailableError, match="libturbojpeg and OpenCV.*torchvision_train_loader"):
+        ffcv("no_such_module")
