@@ -41,6 +41,7 @@ setup(
         "einops",
         "attrs>=23.1",
         "numpy",
+        "opencv-python",
         "tqdm",
         "matplotlib",
     ],

@@ -1,6 +1,7 @@
 """Step time of the functional ε-weighted step vs the plain-autograd step, on the same plan.
 
-CPU: MBV3-32 (``ofa_mbv3_32``, width 1.0), 32×32, batch 32, fp32, a DεpS shrinking step (full + min + 2 uniform).
+CPU: MBV3-32 (``ofa_mbv3_32``, width 0.5), 32×32 channels_last (as the loaders deliver), batch 32, fp32, a DεpS
+shrinking step (full + min + 2 uniform), with the ``deps`` program's CPU allocator setting (``deps_core.runtime``).
 GPU (``gpu`` marker): OFA-MBV3 w1.0 at 224, bf16 autocast, batch 256, the same kind of step.
 Providers share one group so pytest-benchmark prints them side by side; the ratio goes to ``extra_info``.
 """
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 from deps_core.accumulate import GradAccumulator
+from deps_core.runtime import tune_cpu_allocator
 from deps_core.schedules import Progress
 from deps_core.spaces import create_supernet
 from deps_core.step import autograd_step, detached_state, functional_step
@@ -69,8 +71,10 @@ def _info(benchmark, device: str, **extra):
 
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_bench_shrinking_step_cpu(benchmark, provider):
-    benchmark.group = "shrinking step, CPU, ofa_mbv3_32, batch 32, fp32"
-    net, plan, x, y = _setup("ofa_mbv3_32", 32, 32, "cpu")
+    benchmark.group = "shrinking step, CPU, ofa_mbv3_32 w0.5, batch 32, fp32"
+    tune_cpu_allocator()
+    net, plan, x, y = _setup("ofa_mbv3_32", 32, 32, "cpu", width=0.5)
+    x = x.contiguous(memory_format=torch.channels_last)
     fn = _runner(provider, net, plan, x, y, autocast=False)
     _info(benchmark, "cpu", terms=len(plan.terms))
     benchmark.pedantic(fn, rounds=8, warmup_rounds=2)

@@ -77,9 +77,12 @@ class Arch:
             out.extend(range(stage.first_block, stage.first_block + depth))
         return out
 
-    def canonical(self) -> Arch:
-        """The same subnet with skipped blocks' ``ks``/``e`` set to the largest choice (equal subnets compare equal)."""
-        spec = self._spec()
+    def canonical(self, spec: SpaceSpec | None = None) -> Arch:
+        """The same subnet with skipped blocks' ``ks``/``e`` set to the largest choice (equal subnets compare equal).
+
+        ``spec``: the (possibly restricted) space whose largest choices fill the skipped entries (default: the
+        registered space)."""
+        spec = spec if spec is not None else self._spec()
         active = set(self.active_blocks(spec))
         ks = tuple(k if i in active else max(spec.ks_choices) for i, k in enumerate(self.ks))
         e = tuple(x if i in active else max(spec.e_choices) for i, x in enumerate(self.e))
@@ -196,7 +199,7 @@ def min_arch(spec: SpaceSpec, *, resolution: int | None = None) -> Arch:
         (min(spec.e_choices),) * spec.n_blocks,
         tuple(min(s.d_choices) for s in spec.stages),
         spec.default_resolution if resolution is None else resolution,
-    ).canonical()
+    ).canonical(spec)
 
 
 def uniform_arch(spec: SpaceSpec, generator: torch.Generator, *, resolutions: Sequence[int] | None = None) -> Arch:
@@ -204,7 +207,7 @@ def uniform_arch(spec: SpaceSpec, generator: torch.Generator, *, resolutions: Se
     ks = _pick(spec.ks_choices, spec.n_blocks, generator)
     e = _pick(spec.e_choices, spec.n_blocks, generator)
     d = tuple(_pick(s.d_choices, 1, generator)[0] for s in spec.stages)
-    return Arch(spec.name, ks, e, d, _resolution(spec, resolutions, generator)).canonical()
+    return Arch(spec.name, ks, e, d, _resolution(spec, resolutions, generator)).canonical(spec)
 
 
 # CompOFA (Sahni et al., ICLR 2021): width grows with depth, one expand ratio per stage.
@@ -232,7 +235,7 @@ def compound_arch(
     for stage, depth in zip(spec.stages, d):
         for i in range(stage.first_block, stage.first_block + stage.max_depth):
             e[i] = mapping[depth]
-    return Arch(spec.name, ks, e, d, _resolution(spec, resolutions, generator)).canonical()
+    return Arch(spec.name, ks, e, d, _resolution(spec, resolutions, generator)).canonical(spec)
 
 
 def sandwich_archs(

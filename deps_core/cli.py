@@ -98,11 +98,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
             "start over with --restart, or choose another run.out_dir"
         )
     ctx = DistContext.from_env(config.run.device)
+    _cpu_settings(ctx, config)
     start = time.perf_counter()
     try:
         data = build_data(config, ctx)
         trainer = Trainer(
-            config, data.train, num_classes=data.num_classes, val_loader=data.val, ctx=ctx, out_dir=out_dir
+            config,
+            data.train,
+            num_classes=data.num_classes,
+            val_loader=data.val,
+            calib_loader=data.calib,
+            ctx=ctx,
+            out_dir=out_dir,
         )
         if args.resume is not None:
             trainer.resume(last)
@@ -119,6 +126,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if ctx.is_main:
         _write_report(out_dir, config, summary, report, time.perf_counter() - start)
     return 0
+
+
+def _cpu_settings(ctx, config) -> None:
+    """On the CPU: keep freed memory in the process and one compute thread per core left by the loader."""
+    if ctx.device.type != "cpu":
+        return
+    from deps_core.runtime import cpu_threads, tune_cpu_allocator
+
+    tune_cpu_allocator()
+    cpu_threads(loader_threads=config.data.num_workers or 1)
 
 
 def _final_evaluation(trainer, data, config, ctx) -> dict | None:
@@ -206,6 +223,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     ckpt = ckpt / "checkpoints" / "last.pt" if ckpt.is_dir() else ckpt
     config = apply_overrides(ExperimentConfig.from_dict(load_checkpoint(ckpt)["config"]), args.overrides)
     ctx = DistContext.from_env(config.run.device)
+    _cpu_settings(ctx, config)
     net, _ = supernet_from_checkpoint(ckpt, device=ctx.device)
     data = build_data(config, ctx)
     if data.num_classes != net.num_classes:

@@ -93,7 +93,9 @@ def build_data(config: ExperimentConfig, ctx: DistContext) -> RunData:
     resolution = d.resolution[0] if len(d.resolution) == 1 else list(d.resolution)
     val_res = d.val_resolution or max(d.resolution)
     crop_ratio = 1.0 if d.source == "synthetic" else 224 / 256  # the synthetic images are already centred crops
-    common = dict(device=ctx.device, num_workers=d.num_workers, num_classes=num_classes)
+    # on the CPU one decoding thread leaves the cores to the model (deps_core.runtime.cpu_threads)
+    workers = d.num_workers or (1 if ctx.device.type == "cpu" else None)
+    common = dict(device=ctx.device, num_workers=workers, num_classes=num_classes)
     dist = dict(distributed=ctx.distributed, rank=ctx.rank, world_size=ctx.world_size)
     per_rank = d.batch_size // ctx.world_size
     if d.source == "imagefolder":

@@ -425,7 +425,7 @@ class CompOFAStrategy(_PhasedStrategy):
         ks = list(arch.ks)
         for stage, k in zip(self.spec.stages, self.stage_kernels):
             ks[stage.first_block : stage.first_block + stage.max_depth] = [k] * stage.max_depth
-        return arch.replace(ks=tuple(ks)).canonical()
+        return arch.replace(ks=tuple(ks)).canonical(self.spec)
 
     def plan(self, progress: Progress, seed: int) -> Plan:
         index, phase, _ = self.phase_at(progress)

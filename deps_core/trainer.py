@@ -156,13 +156,15 @@ class Trainer:
         *,
         num_classes: int,
         val_loader: Loader | None = None,
+        calib_loader: Loader | None = None,
         ctx: DistContext | None = None,
         out_dir: str | Path | None = None,
     ):
         self.config = config
         self.ctx = ctx or DistContext()
         self.device = self.ctx.device
-        self.train_loader, self.val_loader = train_loader, val_loader
+        self.train_loader, self.val_loader, self.calib_loader = train_loader, val_loader, calib_loader
+        self._calib = None
         self.num_classes = num_classes
         run = config.run
         torch.manual_seed(run.seed + self.ctx.rank)  # dropout masks; the run's one explicit seeding
@@ -402,11 +404,7 @@ class Trainer:
         )
         record |= {"phase": plan.phase, "lr": plan.lr, "epsilon": plan.epsilon}
         if self.val_loader is not None:
-            from deps_core.evaluate import evaluate
-
-            result = evaluate(self.supernet, self.supernet.max_arch(), self.val_loader, ctx=self.ctx, amp=self.amp)
-            record |= {"val_top1/full": result["top1"], "val_loss/full": result["loss"]}
-            self.supernet.train()
+            record |= self._validate()
         record["cost"] = self.cost_report()
         self.history.append(record)
         self.epoch_log.write(record)
@@ -415,6 +413,27 @@ class Trainer:
         self.step = 0
         self.epoch_stats = defaultdict(float)
         self.save()
+
+    def _validate(self) -> dict[str, float]:
+        """The full model on the validation set. Once subnets train, they move the shared BN statistics too, so
+        with a calibration loader the full model's BN is recalibrated first (and the training statistics restored)."""
+        from deps_core.evaluate import CachedBatches, evaluate, evaluate_archs
+
+        arch = self.supernet.max_arch()
+        if self.calib_loader is None:
+            result = evaluate(self.supernet, arch, self.val_loader, ctx=self.ctx, amp=self.amp)
+            self.supernet.train()
+            return {"val_top1/full": result["top1"], "val_loss/full": result["loss"]}
+        if self._calib is None:
+            run = self.config.run
+            self._calib = CachedBatches.from_loader(
+                self.calib_loader.epoch(0), max_images=run.calib_images, batch_size=run.calib_batch
+            )
+        (result,) = evaluate_archs(
+            self.supernet, [arch], self._calib, self.val_loader, amp=self.amp, ctx=self.ctx, progress=False
+        )
+        self.supernet.train()
+        return {"val_top1/full": result.top1, "val_loss/full": result.loss}
 
     # --- cost -----------------------------------------------------------------------------------------------------
     def cost_report(self) -> dict[str, Any]:

@@ -140,3 +140,13 @@ def test_restricted_space_keeps_subsets_only():
         space_spec(MBV3, ks_choices=[9])
     with pytest.raises(ValueError, match="arch.ks has"):
         spec.check(_arch(ks=[3] * 20))
+
+
+def test_samplers_of_a_restricted_space_stay_inside_it(generator):
+    spec = space_spec(MBV3, ks_choices=[3, 5], e_choices=[3, 4])
+    for arch in [min_arch(spec), max_arch(spec), *(uniform_arch(spec, generator) for _ in range(10))]:
+        spec.check(arch)  # skipped blocks filled with the restricted space's largest choices, not the registry's
+        assert set(arch.ks) <= {3, 5} and set(arch.e) <= {3, 4}
+    k5 = space_spec(MBV3, ks_choices=[5])
+    for _ in range(10):
+        k5.check(compound_arch(k5, generator))

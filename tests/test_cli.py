@@ -38,5 +38,6 @@ def test_spaces_command_lists_every_space(capsys):
 
 def test_readme_python_example_runs():
     text = (ROOT / "README.md").read_text()
-    block = re.search(r"```python\n(.*?)```", text, re.S).group(1)
-    exec(compile(block.replace("224, 224", "64, 64"), "README.md", "exec"), {})
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert len(blocks) >= 2
+    exec(compile("\n".join(blocks).replace("224, 224", "64, 64"), "README.md", "exec"), {})
