@@ -1,0 +1,206 @@
+"""Markdown tables for bench/RESULTS.md from pytest-benchmark's JSON (``--benchmark-json``).
+
+    python bench/report.py step.json                                # print the tables
+    python bench/report.py step.json --update bench/RESULTS.md      # replace the section between its markers
+
+One table per benchmark group: a row per provider (``extra_info["provider"]``, else the test's parameter) with the
+median, the interquartile range and the rounds, and the ratio of each median to the reference row's (``deps`` when
+present, else ``--reference``, else the first row): "× ref" > 1 means slower than the reference. Rows whose
+``extra_info`` carries ``k`` with one provider also get a least-squares line ``t = a + b·k`` with its R² (the
+"step time linear in k" goal); a ``gbps`` entry is shown as achieved bandwidth. The heading of each section names
+the machine, date and versions from the JSON, so a table never loses where it was measured.
+
+With ``--update FILE --section NAME`` the text between ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->`` in FILE
+is replaced (the markers are appended at the end when absent); the rest of the file is kept as written by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["load", "group_tables", "linear_fit", "render", "update_section", "main"]
+
+REFERENCE = "deps"
+SHOWN_EXTRA = ("terms", "plan_mmacs", "step_mmacs", "mac_ratio", "gbps", "roofline")
+
+
+class ReportError(ValueError):
+    pass
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """A pytest-benchmark JSON file; ``ReportError`` naming the file if it is missing or not one."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ReportError(f"{path}: no such file (write one with pytest --benchmark-json={path})") from None
+    except json.JSONDecodeError as err:
+        raise ReportError(f"{path}: not JSON ({err})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list):
+        raise ReportError(f"{path}: not a pytest-benchmark result (no 'benchmarks' list)")
+    return data
+
+
+def _provider(bench: dict[str, Any]) -> str:
+    extra = bench.get("extra_info") or {}
+    if "provider" in extra and "k" in extra and extra.get("phase") == "k_sweep":
+        return f"{extra['provider']} k={extra['k']}"
+    if "provider" in extra:
+        return str(extra["provider"])
+    return str(bench.get("param") or bench.get("name"))
+
+
+def linear_fit(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float, float]:
+    """Least squares ``y = a + b·x``: returns ``(a, b, R²)``."""
+    n = len(xs)
+    if n < 2:
+        raise ReportError("a linear fit needs at least two points")
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
+    b = sxy / sxx
+    a = my - b * mx
+    ss_res = sum((y - a - b * x) ** 2 for x, y in zip(xs, ys))
+    ss_tot = sum((y - my) ** 2 for y in ys)
+    return a, b, 1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0
+
+
+def _fmt_time(seconds: float) -> str:
+    if seconds >= 1.0:
+        return f"{seconds:,.3f} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:,.2f} ms"
+    return f"{seconds * 1e6:,.1f} µs"
+
+
+def group_tables(data: dict[str, Any], reference: str | None = None) -> list[dict[str, Any]]:
+    """Per group: rows (provider, median, iqr, rounds, ratio to the reference, extras) and an optional k-fit."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for bench in data["benchmarks"]:
+        groups.setdefault(bench.get("group") or bench["name"], []).append(bench)
+    out = []
+    for name, benches in groups.items():
+        rows = [
+            {
+                "provider": _provider(b),
+                "median": b["stats"]["median"],
+                "iqr": b["stats"].get("iqr", 0.0),
+                "rounds": b["stats"]["rounds"],
+                "extra": b.get("extra_info") or {},
+            }
+            for b in benches
+        ]
+        names = [r["provider"] for r in rows]
+        ref = next((n for n in (REFERENCE, reference) if n in names), names[0])
+        ref_median = rows[names.index(ref)]["median"]
+        for r in rows:
+            r["ratio"] = r["median"] / ref_median
+        table: dict[str, Any] = {"group": name, "reference": ref, "rows": rows, "fit": None}
+        ks = [r["extra"].get("k") for r in rows]
+        providers = {r["extra"].get("provider") for r in rows}
+        if len(rows) > 2 and all(isinstance(k, int | float) for k in ks) and len(providers) == 1:
+            table["fit"] = linear_fit([float(k) for k in ks], [r["median"] for r in rows])
+        out.append(table)
+    return out
+
+
+def _heading(data: dict[str, Any]) -> str:
+    machine = data.get("machine_info") or {}
+    cpu = (machine.get("cpu") or {}).get("brand_raw") or machine.get("processor") or "?"
+    devices = sorted(
+        {str(b["extra_info"]["device"]) for b in data["benchmarks"] if (b.get("extra_info") or {}).get("device")}
+    )
+    torch_v = sorted({str(b["extra_info"]["torch"]) for b in data["benchmarks"] if "torch" in b.get("extra_info", {})})
+    date = str(data.get("datetime", "?"))[:16].replace("T", " ")
+    parts = [
+        f"date {date} UTC",
+        f"machine {machine.get('node', '?')} ({cpu}, {(machine.get('cpu') or {}).get('count', '?')} CPUs)",
+    ]
+    if devices:
+        parts.append("device " + ", ".join(devices))
+    parts.append(f"Python {machine.get('python_version', '?')}")
+    if torch_v:
+        parts.append("torch " + ", ".join(torch_v))
+    commit = (data.get("commit_info") or {}).get("id")
+    if commit:
+        parts.append(f"commit {commit[:8]}" + (" (dirty)" if data["commit_info"].get("dirty") else ""))
+    return "; ".join(parts)
+
+
+def render(data: dict[str, Any], reference: str | None = None, rerun: str | None = None) -> str:
+    """The Markdown section for one JSON file."""
+    lines = [f"*{_heading(data)}*", ""]
+    if rerun:
+        lines += [f"Rerun: `{rerun}`", ""]
+    for table in group_tables(data, reference):
+        extras = [k for k in SHOWN_EXTRA if any(k in r["extra"] for r in table["rows"])]
+        lines.append(f"**{table['group']}**")
+        lines.append("")
+        header = ["provider", "median", "IQR", "rounds", f"× {table['reference']}", *extras]
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
+        for r in table["rows"]:
+            cells = [
+                r["provider"],
+                _fmt_time(r["median"]),
+                _fmt_time(r["iqr"]),
+                str(r["rounds"]),
+                f"{r['ratio']:.2f}×",
+                *(str(r["extra"].get(k, "")) for k in extras),
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        if table["fit"] is not None:
+            a, b, r2 = table["fit"]
+            lines += ["", f"Linear in k: t ≈ {_fmt_time(a)} + {_fmt_time(b)} · k, R² = {r2:.4f}"]
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def update_section(path: str | Path, section: str, body: str) -> None:
+    """Replace the text between ``<!-- bench:section -->`` and ``<!-- /bench:section -->`` (append when absent)."""
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", section):
+        raise ReportError(f"section name must be letters, digits, '_', '.', '-'; got {section!r}")
+    path = Path(path)
+    text = path.read_text() if path.exists() else ""
+    begin, end = f"<!-- bench:{section} -->", f"<!-- /bench:{section} -->"
+    block = f"{begin}\n{body.rstrip()}\n{end}"
+    if begin in text and end in text and text.index(begin) < text.index(end):
+        i, j = text.index(begin), text.index(end) + len(end)
+        text = text[:i] + block + text[j:]
+    else:
+        text = text.rstrip() + ("\n\n" if text else "") + block + "\n"
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench/report.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("json", nargs="+", help="pytest-benchmark JSON files")
+    parser.add_argument("--reference", help="provider the ratios refer to (default: deps, else the first row)")
+    parser.add_argument("--update", metavar="FILE", help="Markdown file whose section to replace")
+    parser.add_argument("--section", help="section name (default: the JSON file's stem)")
+    parser.add_argument("--rerun", help="the command that reproduces the tables (printed above them)")
+    args = parser.parse_args(argv)
+    try:
+        for path in args.json:
+            body = render(load(path), args.reference, args.rerun)
+            if args.update:
+                update_section(args.update, args.section or Path(path).stem, body)
+            else:
+                sys.stdout.write(body + "\n")
+    except (ReportError, OSError) as err:
+        print(f"bench/report.py: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""bench/report.py turns pytest-benchmark JSON into the RESULTS.md tables: ratios, the k-fit, section updates."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench import report
+
+
+def _bench(group, provider, median, **extra):
+    return {
+        "group": group,
+        "name": f"test_x[{provider}]",
+        "param": provider,
+        "extra_info": {"provider": provider, "device": "cpu-x", "torch": "2.x", **extra},
+        "stats": {"median": median, "iqr": median / 10, "rounds": 5},
+    }
+
+
+def _data(benchmarks):
+    return {
+        "machine_info": {"node": "box", "python_version": "3.11.7", "cpu": {"brand_raw": "EPYC", "count": 2}},
+        "commit_info": {"id": "0123456789abcdef", "dirty": False},
+        "datetime": "2026-11-21T12:00:00.000000",
+        "benchmarks": benchmarks,
+    }
+
+
+def test_ratios_refer_to_deps_and_the_k_fit_is_least_squares(tmp_path):
+    step = [_bench("step", p, m, terms=4) for p, m in [("eager", 3.0), ("deps", 1.5), ("static", 1.2)]]
+    ks = [(1, 1.1), (2, 2.0), (3, 3.2), (4, 3.9)]
+    sweep = [_bench("vs k", "deps", t, k=k, phase="k_sweep") for k, t in ks]
+    tables = report.group_tables(_data(step + sweep))
+    first = tables[0]
+    assert first["reference"] == "deps" and first["fit"] is None
+    assert [round(r["ratio"], 6) for r in first["rows"]] == [2.0, 1.0, 0.8]
+    a, b, r2 = tables[1]["fit"]
+    # by hand: mean k = 2.5, mean t = 2.55, Sxx = 5, Sxy = 4.8 -> b = 0.96, a = 0.15
+    assert b == pytest.approx(0.96) and a == pytest.approx(0.15)
+    ss_res = sum((t - 0.15 - 0.96 * k) ** 2 for k, t in ks)
+    ss_tot = sum((t - 2.55) ** 2 for _, t in ks)
+    assert r2 == pytest.approx(1 - ss_res / ss_tot)
+    text = report.render(_data(step + sweep), rerun="pytest bench")
+    assert "| eager | 3.000 s | 300.00 ms | 5 | 2.00× | 4 |" in text
+    assert "2026-11-21 12:00 UTC" in text and "EPYC" in text and "commit 01234567" in text
+    assert "Linear in k" in text and "R² = " in text
+
+
+def test_update_replaces_only_its_section(tmp_path):
+    md = tmp_path / "RESULTS.md"
+    md.write_text("# Results\n\nhand-written text\n")
+    path = tmp_path / "step.json"
+    path.write_text(json.dumps(_data([_bench("g", "deps", 0.002), _bench("g", "eager", 0.005)])))
+    assert report.main([str(path), "--update", str(md)]) == 0
+    once = md.read_text()
+    assert once.startswith("# Results\n\nhand-written text\n") and "<!-- bench:step -->" in once
+    assert "| eager | 5.00 ms | 500.0 µs | 5 | 2.50× |" in once
+    assert report.main([str(path), "--update", str(md)]) == 0
+    assert md.read_text() == once  # idempotent: the section is replaced, not appended again
+
+
+def test_bad_input_is_one_clear_error(tmp_path, capsys):
+    assert report.main([str(tmp_path / "missing.json")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"foo": 1}')
+    assert report.main([str(bad)]) == 2
+    assert "not a pytest-benchmark result" in capsys.readouterr().err
+    with pytest.raises(report.ReportError, match="section name"):
+        report.update_section(tmp_path / "x.md", "a b", "body")
