@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -135,7 +136,9 @@ def _cpu_settings(ctx, config) -> None:
     from deps_core.runtime import cpu_threads, tune_cpu_allocator
 
     tune_cpu_allocator()
-    cpu_threads(loader_threads=config.data.num_workers or 1)
+    cpu_threads(
+        loader_threads=config.data.num_workers or 1, local_processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    )
 
 
 def _final_evaluation(trainer, data, config, ctx) -> dict | None:

@@ -40,9 +40,16 @@ def tune_cpu_allocator(mmap_threshold: int = 1 << 30, trim_threshold: int = 1 <<
     return bool(ok)
 
 
-def cpu_threads(loader_threads: int = 1) -> int:
-    """Set torch's intra-op threads to the cores left after ``loader_threads`` (at least 1); returns the count."""
+def cpu_threads(loader_threads: int = 1, local_processes: int = 1) -> int:
+    """Set torch's intra-op threads to this process's share of the cores, less ``loader_threads`` when more than two
+    are left; returns the count. ``local_processes``: training processes on this machine (they split the cores).
+    An explicit ``OMP_NUM_THREADS`` in the environment wins (the user or a launcher already chose)."""
+    if os.environ.get("OMP_NUM_THREADS", "").strip().isdigit():
+        n = max(1, int(os.environ["OMP_NUM_THREADS"]))
+        torch.set_num_threads(n)
+        return n
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    n = max(1, cores - loader_threads) if cores > 2 else cores
+    share = max(1, cores // max(1, local_processes))
+    n = max(1, share - loader_threads) if share > 2 else share
     torch.set_num_threads(n)
     return n
