@@ -20,10 +20,12 @@ fixed, contiguous range of output tiles into its own row of a scratch buffer ``[
 sums those rows in order and writes (or adds into) the target. No atomics, so two runs give identical bits (the
 result depends only on the shapes and the device's SM count, which fix the split).
 
-Registration: ``torch.library.triton_op`` (torch ≥ 2.6) with ``register_autograd`` in the setup_context style, so the
-op composes with ``torch.func.grad`` and ``torch.compile`` (which sees the kernels). Under ``TRITON_INTERPRET=1``
-(CPU tests) the ops are opaque ``torch.library.custom_op`` with explicit fake kernels instead: ``triton_op`` traces
-its implementation as the fake kernel, and interpreted kernels cannot run on fake tensors.
+Registration: four ``torch.library.triton_op`` (torch ≥ 2.6): the forward, dx, dW, and the in-place ``grad_out +=
+scale · dW``; ``torch.compile`` sees their kernels. The forward op's autograd is registered with ``register_autograd``
+(setup_context style), and the same three functions make an ``autograd.Function`` that :func:`elastic_dwconv` calls,
+because the generated custom-op autograd does not work under ``torch.func`` (see :class:`_ElasticDwconv`). Under
+``TRITON_INTERPRET=1`` (CPU tests) the ops are opaque ``torch.library.custom_op`` with explicit fake kernels instead:
+``triton_op`` traces its implementation as the fake kernel, and interpreted kernels cannot run on fake tensors.
 """
 
 import functools
@@ -308,9 +310,14 @@ def _sm_count(device: torch.device) -> int:
     return 2  # the interpreter: a few splits, so the ordered reduction is exercised
 
 
+def _empty(shape, *, dtype: torch.dtype, device: torch.device, memory_format=torch.contiguous_format) -> Tensor:
+    # every output and scratch buffer of the ops comes from here (the tests poison it with NaN)
+    return torch.empty(shape, dtype=dtype, device=device, memory_format=memory_format)
+
+
 def _empty_like_layout(x: Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
     fmt = torch.channels_last if _channels_last(x) else torch.contiguous_format
-    return torch.empty(shape, dtype=dtype, device=x.device, memory_format=fmt)
+    return _empty(shape, dtype=dtype, device=x.device, memory_format=fmt)
 
 
 def _out_size(size: int, k: int, stride: int) -> int:
@@ -323,8 +330,8 @@ def _weight_args(weight: Tensor, k: int) -> tuple[int, int, int, int]:
 
 def _forward(x: Tensor, weight: Tensor, y: Tensor, k: int, stride: int, tile: _Tile | None = None) -> Tensor:
     """y[:] = elastic_dwconv(x, weight); every element of ``y`` written."""
-    n, c, h, w = x.shape
-    oh, ow = y.shape[2:]
+    n, c, h, w = (int(d) for d in x.shape)  # tiles and grids are concrete even when tracing with SymInts
+    oh, ow = int(y.shape[2]), int(y.shape[3])
     t = tile or _tile(c, oh, ow, _channels_last(x), x.element_size())
     grid = (n * triton.cdiv(oh, t.block_h) * triton.cdiv(ow, t.block_w), triton.cdiv(c, t.block_c))
     _kernel(_dwconv_fwd_kernel)[grid](
@@ -337,8 +344,8 @@ def _forward(x: Tensor, weight: Tensor, y: Tensor, k: int, stride: int, tile: _T
 
 def _grad_input(gy: Tensor, weight: Tensor, dx: Tensor, k: int, stride: int, tile: _Tile | None = None) -> Tensor:
     """dx[:] = dL/dx; every element of ``dx`` written."""
-    n, c, h, w = dx.shape
-    oh, ow = gy.shape[2:]
+    n, c, h, w = (int(d) for d in dx.shape)
+    oh, ow = int(gy.shape[2]), int(gy.shape[3])
     t = tile or _tile(c, h, w, _channels_last(dx), dx.element_size())
     grid = (n * triton.cdiv(h, t.block_h) * triton.cdiv(w, t.block_w), triton.cdiv(c, t.block_c))
     _kernel(_dwconv_grad_input_kernel)[grid](
@@ -363,8 +370,8 @@ def _grad_weight(
 ) -> Tensor:
     """``out`` (shaped like the stored weight): ``= dW`` (every element written, zeros outside the window) or, with
     ``accumulate``, ``out[:C', :, window, window] += scale · dW`` (nothing else touched)."""
-    n, c, h, w = x.shape
-    oh, ow = gy.shape[2:]
+    n, c, h, w = (int(d) for d in x.shape)
+    oh, ow = int(gy.shape[2]), int(gy.shape[3])
     acc = compute_dtype(x.dtype)
     t = tile or _tile(c, oh, ow, _channels_last(x), x.element_size(), wgrad=True)
     tiles_c = triton.cdiv(c, t.block_c)
@@ -373,7 +380,7 @@ def _grad_weight(
         splits = max(1, min(items, triton.cdiv(8 * _sm_count(x.device), tiles_c)))
     per = triton.cdiv(items, splits)
     splits = triton.cdiv(items, per)
-    part = torch.empty((splits, k * k, c), dtype=acc, device=x.device)
+    part = _empty((splits, k * k, c), dtype=acc, device=x.device)
     _kernel(_dwconv_grad_weight_partial_kernel)[(tiles_c, splits)](
         gy, x, part, n, c, h, w, oh, ow, per, *gy.stride(), *x.stride(),
         K=k, STRIDE=stride, ACC=_TL_DTYPE[acc],
@@ -381,7 +388,7 @@ def _grad_weight(
         num_warps=t.num_warps,
     )  # fmt: skip
     scale_t = torch.full((1,), scale, dtype=out.dtype, device=out.device)
-    c_w, k_w, block = out.shape[0], out.shape[-1], 256
+    c_w, k_w, block = int(out.shape[0]), int(out.shape[-1]), 256
     _kernel(_dwconv_grad_weight_reduce_kernel)[(triton.cdiv(c_w * k_w * k_w, block),)](
         part, out, scale_t, c, c_w, k_w, (k_w - k) // 2, splits, out.stride(0), out.stride(2), out.stride(3),
         K=k, ACC=_TL_DTYPE[acc], ACCUMULATE=accumulate, BLOCK=block, num_warps=4,
@@ -441,7 +448,7 @@ def _grad_input_op(grad_y: Tensor, x: Tensor, weight: Tensor, kernel_size: int, 
 
 
 def _fake_grad_weight(grad_y, x, weight, kernel_size, stride):
-    return torch.empty(weight.shape, dtype=weight.dtype, device=weight.device)
+    return _empty(weight.shape, dtype=weight.dtype, device=weight.device)
 
 
 @_define("deps::elastic_dwconv_grad_weight", _fake_grad_weight)
@@ -479,16 +486,36 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_y):
     x, weight = ctx.saved_tensors
     k, s = ctx.kernel_size, ctx.stride
-    dx = _grad_input_op(grad_y, x, weight, k, s) if ctx.needs_input_grad[0] else None
-    dw = None
-    if ctx.grad_out is not None:  # fused: grad_out[window] += grad_scale · dW, and no gradient for the weight
-        _grad_weight_add_op(grad_y, x, ctx.grad_out, k, s, ctx.grad_scale)
-    elif ctx.needs_input_grad[1]:
-        dw = _grad_weight_op(grad_y, x, weight, k, s)
+    dx = dw = None
+    # Not differentiable again (no double backward). torch.func.grad runs backwards with create_graph=True, so without
+    # no_grad the backward ops would be dispatched to their (absent) autograd.
+    with torch.no_grad():
+        if ctx.needs_input_grad[0]:
+            dx = _grad_input_op(grad_y, x, weight, k, s)
+        if ctx.grad_out is not None:  # fused: grad_out[window] += grad_scale · dW, and no gradient for the weight
+            _grad_weight_add_op(grad_y, x, ctx.grad_out, k, s, ctx.grad_scale)
+        elif ctx.needs_input_grad[1]:
+            dw = _grad_weight_op(grad_y, x, weight, k, s)
     return dx, dw, None, None, None, None
 
 
 _elastic_dwconv_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _ElasticDwconv(torch.autograd.Function):
+    """The same forward, setup_context and backward as an ``autograd.Function``: the autograd that
+    ``register_autograd`` generates for a custom op has no ``setup_context`` and fails under ``torch.func``
+    transforms (pytorch/pytorch#168393, #170834), so the public function goes through this class, which both
+    ``torch.func.grad`` and ``torch.compile`` (dynamo traces autograd.Function) accept. Not supported: compiling a
+    ``torch.func.grad`` of it (dynamo then calls the op with grad-tracking tensors and reaches the generated
+    autograd, which raises; hiding the op from it with ``no_grad`` gave silently wrong gradients in torch 2.13)."""
+
+    @staticmethod
+    def forward(x, weight, kernel_size, stride, grad_out, grad_scale):
+        return _elastic_dwconv_op(x, weight, kernel_size, stride, grad_out, grad_scale)
+
+    setup_context = staticmethod(_setup_context)
+    backward = staticmethod(_backward)
 
 
 # --- public API ---------------------------------------------------------------------------------------------------
@@ -520,4 +547,4 @@ def elastic_dwconv(
             f"the Triton depthwise kernels need CUDA tensors; got {x.device} (CPU tensors run under the Triton "
             "interpreter only: set TRITON_INTERPRET=1 before deps_kernels.elastic_dwconv is imported)"
         )
-    return _elastic_dwconv_op(x, weight, kernel_size, stride, grad_out, float(grad_scale))
+    return _ElasticDwconv.apply(x, weight, kernel_size, stride, grad_out, float(grad_scale))
