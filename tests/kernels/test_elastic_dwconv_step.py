@@ -21,10 +21,13 @@ from deps_core.spaces import create_supernet
 from deps_core.step import detached_state, functional_step
 from deps_core.strategies import SubnetTerm
 
-pytestmark = pytest.mark.skipif(not E.INTERPRETED, reason="CPU test of the interpreted kernels")
+DEVICES = [
+    pytest.param("cpu", marks=pytest.mark.skipif(not E.INTERPRETED, reason="kernels compiled for CUDA here")),
+    pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(E.INTERPRETED, reason="kernels interpreted")]),
+]
 
 
-def _supernet(ks_choices: tuple[int, ...]):
+def _supernet(ks_choices: tuple[int, ...], device: str = "cpu"):
     # a restricted space (depth 2, 8×8 images, kernels as given) keeps the interpreted step short
     net = create_supernet(
         "ofa_mbv3_32",
@@ -35,11 +38,12 @@ def _supernet(ks_choices: tuple[int, ...]):
         kernel_transform=True,  # on whenever there are two kernel sizes
         generator=torch.Generator().manual_seed(0),
     )
-    net = net.double().train()
+    net = net.double().to(device).train()
     with torch.no_grad():  # non-identity kernel transforms, so a transformed kernel differs from the centre crop
         for name, t in net.state_dict().items():
             if ".dw.m" in name:
-                t.add_(0.1 * torch.randn(t.shape, generator=torch.Generator().manual_seed(len(name)), dtype=t.dtype))
+                noise = torch.randn(t.shape, generator=torch.Generator().manual_seed(len(name)), dtype=t.dtype)
+                t.add_(0.1 * noise.to(device))
     return net
 
 
@@ -50,6 +54,7 @@ def _step(net, terms, images, labels, **kw):
     return acc, result
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(
     "ks_choices, role, weight",
     [
@@ -57,9 +62,9 @@ def _step(net, terms, images, labels, **kw):
         ((3, 5), "uniform", 0.37),  # kernel transform: the 5×5 blocks fused, the transformed 3×3 through torch.func
     ],
 )
-def test_fused_dw_gradient_step_equals_the_torch_path(ks_choices, role, weight):
+def test_fused_dw_gradient_step_equals_the_torch_path(device, ks_choices, role, weight):
     # one term each (the interpreter is slow); several weighted additions into one buffer are tested on the op
-    net = _supernet(ks_choices)
+    net = _supernet(ks_choices, device)
     arch = net.max_arch() if role == "full" else uniform_arch(net.spec, torch.Generator().manual_seed(0))
     terms = [SubnetTerm(arch, weight, "ce", role=role)]
     fused_names = net.direct_depthwise_weights(arch)
@@ -67,8 +72,8 @@ def test_fused_dw_gradient_step_equals_the_torch_path(ks_choices, role, weight):
         active = [f"blocks.{i}.dw.weight" for i in arch.active_blocks(net.spec)]
         assert 1 < len(fused_names) < len(active) + 1, "the subnet should mix fused and transformed kernels"
     g = torch.Generator().manual_seed(1)
-    images = torch.randn(2, 3, 8, 8, generator=g, dtype=torch.float64)
-    labels = torch.randint(0, 10, (2,), generator=g)
+    images = torch.randn(2, 3, 8, 8, generator=g, dtype=torch.float64).to(device)
+    labels = torch.randint(0, 10, (2,), generator=g).to(device)
     ref = copy.deepcopy(net)
     fused_acc, fused = _step(net, terms, images, labels, dw_backend="triton", fuse_dw_grad=True)
     torch_acc, plain = _step(ref, terms, images, labels, dw_backend="torch")
