@@ -4,7 +4,7 @@ gradient that can be added, scaled, straight into a full-size gradient buffer.
 ``elastic_dwconv(x, weight, kernel_size=K, stride=s)`` is the op of :mod:`deps_kernels.reference` (OFA's elastic
 kernel and width, Cai et al. ICLR 2020): ``x`` ``[N, C', H, W]`` convolved with the first ``C'`` channels and the
 centre ``K×K`` taps of ``weight`` ``[C_max, 1, K_max, K_max]``, 'same' padding ``K // 2``, stride 1 or 2. The window
-is never copied: the kernels get the weight's strides and the window's first tap. fp32/bf16/fp16/fp64 inputs, NCHW,
+is never copied: the kernels get the weight's strides and the window's first tap. fp32/bf16/fp64 inputs, NCHW,
 channels_last or any other strides; accumulation in fp32 (fp64 for fp64 inputs); the output has ``x``'s dtype and
 layout.
 
