@@ -45,6 +45,12 @@ class GradAccumulator:
         torch._foreach_add_(dst, [grads[n] for n in names], alpha=float(weight))
         self.touched.update(names)
 
+    def sinks(self, names: list[str], slices: Mapping[str, tuple]) -> dict[str, Tensor]:
+        """Views ``G[name][slices[name]]`` for kernels that add their own weighted gradient into the buffer (the
+        Triton depthwise weight gradient); the names count as touched."""
+        self.touched.update(names)
+        return {n: self.grads[n][slices[n]] if slices[n] else self.grads[n] for n in names}
+
     def bind(self, named_parameters: Mapping[str, torch.nn.Parameter]) -> None:
         """Make each parameter's ``.grad`` the matching buffer view (the optimizer then reads ``G`` directly);
         parameters no term of the step reached get ``.grad = None`` so the optimizer leaves them alone."""

@@ -10,9 +10,11 @@ of the next larger one multiplied by a learned (k²×k²) matrix, applied from t
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import torch.nn.functional as F
+from deps_kernels import TRITON_AVAILABLE
 from torch import Tensor
 
 __all__ = [
@@ -20,6 +22,7 @@ __all__ = [
     "batch_norm",
     "conv",
     "depthwise_conv",
+    "resolve_depthwise_backend",
     "centre_slice",
     "dw_source_size",
     "transform_kernel",
@@ -69,18 +72,51 @@ def conv(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, stride: int =
     return F.conv2d(x, weight, bias, stride, k // 2)
 
 
-def depthwise_conv(x: Tensor, weight: Tensor, *, stride: int, backend: str = "auto") -> Tensor:
+def depthwise_conv(
+    x: Tensor,
+    weight: Tensor,
+    *,
+    stride: int,
+    backend: str = "auto",
+    grad_out: Tensor | None = None,
+    grad_scale: float = 1.0,
+) -> Tensor:
     """Depthwise conv with 'same' padding on ``C' = x.shape[1]`` channels; ``weight`` is ``[C', 1, k, k]``.
 
-    ``backend``: ``"torch"`` (cuDNN / the CPU reference), ``"triton"`` (the fused elastic kernel of ``deps_kernels``,
-    CUDA only), ``"auto"`` (Triton on CUDA when it is installed, torch elsewhere).
+    ``backend``: ``"torch"`` (cuDNN / the CPU reference), ``"triton"`` (the elastic kernel of ``deps_kernels``; it
+    reads a strided view of the stored kernel in place), ``"auto"`` (Triton on CUDA when it is installed, torch
+    elsewhere); see :func:`resolve_depthwise_backend`.
+    ``grad_out`` (Triton only): a tensor shaped like ``weight`` (a gradient accumulator's view) into which the
+    backward adds ``grad_scale · dL/dweight``; the weight then gets no gradient from this op.
+    """
+    if resolve_depthwise_backend(backend, x) == "triton":
+        from deps_kernels.elastic_dwconv import elastic_dwconv
+
+        k = weight.shape[-1]
+        return elastic_dwconv(x, weight, kernel_size=k, stride=stride, grad_out=grad_out, grad_scale=grad_scale)
+    if grad_out is not None:
+        raise ValueError("grad_out (the fused depthwise weight gradient) needs the Triton backend")
+    k = weight.shape[-1]
+    return F.conv2d(x, weight, None, stride, k // 2, 1, x.shape[1])
+
+
+def resolve_depthwise_backend(backend: str, x: Tensor) -> str:
+    """``"torch"`` or ``"triton"``: what ``backend`` means for the input ``x``.
+
+    ``"auto"`` is Triton for CUDA tensors when Triton is installed, torch otherwise. ``"triton"`` on CPU tensors
+    runs the kernels in the Triton interpreter, which must be switched on (``TRITON_INTERPRET=1``) before
+    ``deps_kernels.elastic_dwconv`` is first imported; otherwise it is a ``ValueError``.
     """
     if backend not in DEPTHWISE_BACKENDS:
         raise ValueError(f"depthwise backend must be one of {DEPTHWISE_BACKENDS}; got {backend!r}")
-    if backend == "triton":
-        raise NotImplementedError("the Triton depthwise kernel is not wired in yet (deps_kernels)")
-    k = weight.shape[-1]
-    return F.conv2d(x, weight, None, stride, k // 2, 1, x.shape[1])
+    if backend == "auto":
+        return "triton" if x.is_cuda and TRITON_AVAILABLE else "torch"
+    if backend == "triton" and not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(
+            f"depthwise backend 'triton' needs CUDA tensors (got {x.device}); on the CPU it runs only in the Triton "
+            "interpreter: set TRITON_INTERPRET=1 before deps_kernels.elastic_dwconv is imported"
+        )
+    return backend
 
 
 def centre_slice(k_max: int, k: int) -> slice:

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 from torch.func import grad_and_value
 
+from deps_core import ops
 from deps_core.accumulate import GradAccumulator
 from deps_core.distill import LossConfig, term_loss
 from deps_core.strategies import SubnetTerm
@@ -61,25 +62,43 @@ def functional_step(
     loss_config: LossConfig = DEFAULT_LOSS,
     teacher_logits: Tensor | None = None,
     dw_backend: str = "auto",
+    fuse_dw_grad: bool = False,
 ) -> StepResult:
     """Accumulate ``Σ_j w_j ∇L_j`` over ``terms`` into ``accumulator`` (which the caller zeroes per step).
 
     ``params``/``buffers``: the supernet's full tensors by name (``params`` detached: gradients come only from
     ``torch.func``); BN running statistics in ``buffers`` are updated in place. ``images`` [N, 3, H, W], ``labels``
     [N]. ``teacher_logits`` [N, C]: an external teacher's, for ``teacher_kd`` terms.
+    ``fuse_dw_grad`` (Triton depthwise backend only): the depthwise weights convolved as they are (not through the
+    kernel transform) are not differentiated by ``torch.func``; the Triton weight-gradient kernel adds ``w_j · ∇``
+    straight into their accumulator views instead.
     """
+    if fuse_dw_grad and ops.resolve_depthwise_backend(dw_backend, images) != "triton":
+        raise ValueError(f"fuse_dw_grad needs the Triton depthwise backend; dw_backend={dw_backend!r} is torch here")
     full_logits: Tensor | None = None
     losses = []
     for term in terms:
         arch = term.arch
+        slices = supernet.param_slices(arch)
         views = supernet.active_params(arch, params)
+        sinks = accumulator.sinks(supernet.direct_depthwise_weights(arch), slices) if fuse_dw_grad else {}
+        fixed = {n: views.pop(n) for n in sinks}  # not differentiated: the kernel adds their gradient into `sinks`
         bufs = supernet.active_buffers(arch, buffers)
         target = _targets(term, full_logits, teacher_logits)
         dropout_p = supernet.spec.dropout if term.dropout else 0.0
 
-        def loss_fn(v: dict[str, Tensor], arch=arch, bufs=bufs, term=term, target=target, dropout_p=dropout_p):
+        def loss_fn(
+            v: dict[str, Tensor],
+            arch=arch,
+            bufs=bufs,
+            term=term,
+            target=target,
+            dropout_p=dropout_p,
+            fixed=fixed,
+            sinks=sinks,
+        ):
             logits = supernet.functional_forward(
-                v,
+                v | fixed,
                 bufs,
                 images,
                 arch,
@@ -87,12 +106,14 @@ def functional_step(
                 dropout_p=dropout_p,
                 update_bn_stats=term.update_bn_stats,
                 dw_backend=dw_backend,
+                dw_grad_sinks=sinks,
+                dw_grad_scale=term.weight,
             )
             loss = term_loss(term.loss, logits, labels, target, loss_config)
             return loss, logits.detach()
 
         grads, (loss, logits) = grad_and_value(loss_fn, has_aux=True)(views)
-        accumulator.add_(grads, supernet.param_slices(arch), term.weight)
+        accumulator.add_(grads, slices, term.weight)
         if term.role == "full":
             full_logits = logits
         losses.append(loss.detach())

@@ -295,15 +295,25 @@ class Supernet(nn.Module):
         update_bn_stats: bool = True,
         dw_backend: str = "auto",
         bn_momentum: float | None = None,
+        dw_grad_sinks: Mapping[str, Tensor] | None = None,
+        dw_grad_scale: float = 1.0,
     ) -> Tensor:
         """The subnet's forward on explicit active-slice ``views`` and BN ``buffers`` (see :meth:`active_params`).
 
         ``bn_momentum`` overrides the space's BN momentum for this call (BN recalibration's cumulative average).
+        ``dw_grad_sinks`` (Triton backend): for depthwise weights named in :meth:`direct_depthwise_weights`, a buffer
+        shaped like the view into which the backward adds ``dw_grad_scale · dL/dview`` (the view then gets no
+        gradient); see ``deps_kernels.elastic_dwconv``.
         """
         spec = self.spec
         eps = spec.bn_eps
         momentum = spec.bn_momentum if bn_momentum is None else bn_momentum
         keep_stats = not training or update_bn_stats
+        sinks = dw_grad_sinks or {}
+
+        def dw(t: Tensor, name: str, w: Tensor, stride: int) -> Tensor:
+            sink = sinks.get(name)
+            return ops.depthwise_conv(t, w, stride=stride, backend=dw_backend, grad_out=sink, grad_scale=dw_grad_scale)
 
         def bn(t: Tensor, prefix: str) -> Tensor:
             rm = buffers[prefix + "running_mean"] if keep_stats else None
@@ -320,7 +330,7 @@ class Supernet(nn.Module):
         x = ops.activation(bn(x, "stem.bn."), spec.stem.act)
         # fixed first block (expand ratio 1)
         f = spec.first
-        y = ops.depthwise_conv(x, views["first.dw.weight"], stride=f.stride, backend=dw_backend)
+        y = dw(x, "first.dw.weight", views["first.dw.weight"], f.stride)
         y = ops.activation(bn(y, "first.dw_bn."), f.act)
         if f.se:
             y = se(y, "first.")
@@ -330,8 +340,11 @@ class Supernet(nn.Module):
         for i in arch.active_blocks(spec):
             b, p = spec.blocks[i], f"blocks.{i}."
             y = ops.activation(bn(ops.conv(x, views[p + "expand.weight"]), p + "expand_bn."), b.act)
+            name = f"{p}dw.weight"
             w = self.depthwise_kernel(views, i, arch.ks[i])
-            y = ops.depthwise_conv(y, w, stride=b.stride, backend=dw_backend)
+            if name in sinks and w is not views[name]:
+                raise ValueError(f"{name} is convolved through the kernel transform; its gradient cannot be fused")
+            y = dw(y, name, w, b.stride)
             y = ops.activation(bn(y, p + "dw_bn."), b.act)
             if b.se:
                 y = se(y, p)
@@ -349,6 +362,13 @@ class Supernet(nn.Module):
         if dropout_p > 0.0:
             x = torch.nn.functional.dropout(x, dropout_p, training=True)
         return torch.nn.functional.linear(x, views["classifier.weight"], views["classifier.bias"])
+
+    def direct_depthwise_weights(self, arch: Arch) -> list[str]:
+        """The depthwise weights ``arch`` convolves with as they are (its active view, not a transformed kernel):
+        those whose gradient the Triton kernel can add straight into an accumulator (``dw_grad_sinks``)."""
+        ks_max = max(self.spec.ks_choices)
+        direct = [i for i in arch.active_blocks(self.spec) if not self.kernel_transform or arch.ks[i] == ks_max]
+        return ["first.dw.weight"] + [f"blocks.{i}.dw.weight" for i in direct]
 
     def depthwise_kernel(self, views: Mapping[str, Tensor], block: int, k: int) -> Tensor:
         """The ``[C', 1, k, k]`` kernel block ``block`` convolves with: the active view, through the kernel transform

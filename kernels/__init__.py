@@ -1,1 +1,22 @@
-"""Triton kernels for deps."""
+"""Triton kernels for deps (``deps_kernels``).
+
+- :mod:`deps_kernels.elastic_dwconv`: the elastic depthwise convolution (window of the stored kernel read in place,
+  weight gradient fused into a gradient buffer). Importing it imports Triton; under ``TRITON_INTERPRET=1`` (set
+  before that import) its kernels run on CPU tensors through the Triton interpreter.
+- :mod:`deps_kernels.reference`: the same op in pure torch (its contract and its CPU path); no Triton needed.
+
+This package imports nothing at import time, so ``import deps_kernels`` never pulls in Triton.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+__all__ = ["TRITON_AVAILABLE", "triton_available"]
+
+TRITON_AVAILABLE = importlib.util.find_spec("triton") is not None  # a constant: torch.compile reads it freely
+
+
+def triton_available() -> bool:
+    """Whether Triton is installed (the kernels can be imported; nothing is imported to find out)."""
+    return TRITON_AVAILABLE

@@ -1,0 +1,550 @@
+"""Elastic depthwise convolution in Triton: the active window of the stored kernel read in place, and a weight
+gradient that can be added, scaled, straight into a full-size gradient buffer.
+
+``elastic_dwconv(x, weight, kernel_size=K, stride=s)`` is the op of :mod:`deps_kernels.reference` (OFA's elastic
+kernel and width, Cai et al. ICLR 2020): ``x`` ``[N, C', H, W]`` convolved with the first ``C'`` channels and the
+centre ``K×K`` taps of ``weight`` ``[C_max, 1, K_max, K_max]``, 'same' padding ``K // 2``, stride 1 or 2. The window
+is never copied: the kernels get the weight's strides and the window's first tap. fp32/bf16/fp64 inputs, NCHW,
+channels_last or any other strides; accumulation in fp32 (fp64 for fp64 inputs); the output has ``x``'s dtype and
+layout.
+
+The fused weight gradient (DεpS eq. (4), ``G[active] += ε · ∇L``): with ``grad_out`` (a tensor shaped like ``weight``,
+e.g. the weight's view of :class:`deps_core.accumulate.GradAccumulator`'s flat buffer), the backward adds
+``grad_scale · dL/dW`` into ``grad_out``'s window as a side effect and returns **no gradient for the weight** (autograd
+sees ``None``; ``torch.func.grad`` reports zeros). Without it, the backward returns ``dW`` shaped like ``weight``
+(zeros outside the window), so ``torch.func.grad`` and autograd work as for any op. Each backward call adds once
+(``retain_graph`` and a second ``backward`` add twice).
+
+Determinism: ``dW`` is a reduction over ``N × H_out × W_out``. Each program of the first weight-gradient kernel sums a
+fixed, contiguous range of output tiles into its own row of a scratch buffer ``[splits, K², C']``; a second kernel
+sums those rows in order and writes (or adds into) the target. No atomics, so two runs give identical bits (the
+result depends only on the shapes and the device's SM count, which fix the split).
+
+Registration: four ``torch.library.triton_op`` (torch ≥ 2.6): the forward, dx, dW, and the in-place ``grad_out +=
+scale · dW``; ``torch.compile`` sees their kernels. The forward op's autograd is registered with ``register_autograd``
+(setup_context style), and the same three functions make an ``autograd.Function`` that :func:`elastic_dwconv` calls,
+because the generated custom-op autograd does not work under ``torch.func`` (see :class:`_ElasticDwconv`). Under
+``TRITON_INTERPRET=1`` (CPU tests) the ops are opaque ``torch.library.custom_op`` with explicit fake kernels instead:
+``triton_op`` traces its implementation as the fake kernel, and interpreted kernels cannot run on fake tensors.
+"""
+
+import functools
+from typing import NamedTuple, Optional
+
+import torch
+import triton
+import triton.language as tl
+from deps_kernels.reference import check_elastic_dwconv_args, compute_dtype
+from torch import Tensor
+
+__all__ = ["elastic_dwconv", "INTERPRETED"]
+
+# --- kernels ------------------------------------------------------------------------------------------------------
+# Tiles are [BLOCK_C, BLOCK_H, BLOCK_W] (channels, rows, columns). Every tensor is addressed through its own strides,
+# so one kernel serves NCHW and channels_last; Triton specializes stride arguments equal to 1, and its coalescing
+# pass then lays threads out along the contiguous axis (W for NCHW, C for channels_last).
+
+
+@triton.jit
+def _tile_coords(pid, C, OH, OW, BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    # pid = (n · tiles_h + tile_h) · tiles_w + tile_w over the [N, OH, OW] grid; channels come from program_id(1)
+    tiles_w = tl.cdiv(OW, BLOCK_W)
+    tiles_hw = tl.cdiv(OH, BLOCK_H) * tiles_w
+    n = (pid // tiles_hw).to(tl.int64)
+    oh = ((pid % tiles_hw) // tiles_w) * BLOCK_H + tl.arange(0, BLOCK_H)
+    ow = (pid % tiles_w) * BLOCK_W + tl.arange(0, BLOCK_W)
+    return n, oh[None, :, None], ow[None, None, :]
+
+
+@triton.jit
+def _dwconv_fwd_kernel(
+    x_ptr,  # [N, C', H, W], strides (sxn, sxc, sxh, sxw)
+    w_ptr,  # [C_w, 1, K_w, K_w] stored kernel; tap (i, j) of channel c at c·swc + (w_off + i)·swh + (w_off + j)·sww
+    y_ptr,  # [N, C', OH, OW], strides (syn, syc, syh, syw)
+    C,
+    H,
+    W,
+    OH,
+    OW,
+    sxn,
+    sxc,
+    sxh,
+    sxw,
+    swc,
+    swh,
+    sww,
+    w_off,
+    syn,
+    syc,
+    syh,
+    syw,
+    K: tl.constexpr,
+    STRIDE: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+):
+    # grid (N · tiles(OH) · tiles(OW), tiles(C')):
+    # y[n, c, oh, ow] = Σ_ij x[n, c, oh·s + i - K//2, ow·s + j - K//2] · w[c, w_off + i, w_off + j]
+    n, oh, ow = _tile_coords(tl.program_id(0), C, OH, OW, BLOCK_C, BLOCK_H, BLOCK_W)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = c < C
+    c3, c_ok3 = c[:, None, None], c_ok[:, None, None]
+    x_base = x_ptr + n * sxn + c3 * sxc
+    w_base = w_ptr + c * swc + w_off * (swh + sww)  # tap (0, 0) of the window
+    acc = tl.zeros([BLOCK_C, BLOCK_H, BLOCK_W], dtype=ACC)
+    for i in tl.static_range(K):
+        ih = oh * STRIDE + (i - K // 2)
+        x_row = x_base + ih * sxh
+        row_ok = c_ok3 & (ih >= 0) & (ih < H)
+        for j in tl.static_range(K):
+            iw = ow * STRIDE + (j - K // 2)
+            xv = tl.load(x_row + iw * sxw, mask=row_ok & (iw >= 0) & (iw < W), other=0.0)
+            wv = tl.load(w_base + (i * swh + j * sww), mask=c_ok, other=0.0)
+            acc += xv.to(ACC) * wv.to(ACC)[:, None, None]
+    y_ok = c_ok3 & (oh < OH) & (ow < OW)
+    tl.store(y_ptr + n * syn + c3 * syc + oh * syh + ow * syw, acc.to(y_ptr.dtype.element_ty), mask=y_ok)
+
+
+@triton.jit
+def _dwconv_grad_input_kernel(
+    gy_ptr,  # [N, C', OH, OW] dL/dy, strides (sgn, sgc, sgh, sgw) (any: autograd may hand in expanded zeros)
+    w_ptr,  # [C_w, 1, K_w, K_w] stored kernel, as in the forward
+    dx_ptr,  # [N, C', H, W] dL/dx, strides (sdn, sdc, sdh, sdw)
+    C,
+    H,
+    W,
+    OH,
+    OW,
+    sgn,
+    sgc,
+    sgh,
+    sgw,
+    swc,
+    swh,
+    sww,
+    w_off,
+    sdn,
+    sdc,
+    sdh,
+    sdw,
+    K: tl.constexpr,
+    STRIDE: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+):
+    # grid (N · tiles(H) · tiles(W), tiles(C')): dx[n, c, h, w] = Σ_ij gy[n, c, (h + K//2 - i) / s, (w + K//2 - j) / s]
+    # w[c, i, j] over the taps where the division is exact and in range (a gather: no write conflicts)
+    n, ih, iw = _tile_coords(tl.program_id(0), C, H, W, BLOCK_C, BLOCK_H, BLOCK_W)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = c < C
+    c3, c_ok3 = c[:, None, None], c_ok[:, None, None]
+    g_base = gy_ptr + n * sgn + c3 * sgc
+    w_base = w_ptr + c * swc + w_off * (swh + sww)  # tap (0, 0) of the window
+    acc = tl.zeros([BLOCK_C, BLOCK_H, BLOCK_W], dtype=ACC)
+    for i in tl.static_range(K):
+        th = ih + (K // 2 - i)
+        oh = th // STRIDE
+        g_row = g_base + oh * sgh
+        row_ok = c_ok3 & (th >= 0) & (th % STRIDE == 0) & (oh < OH)
+        for j in tl.static_range(K):
+            tw = iw + (K // 2 - j)
+            ow = tw // STRIDE
+            g = tl.load(g_row + ow * sgw, mask=row_ok & (tw >= 0) & (tw % STRIDE == 0) & (ow < OW), other=0.0)
+            wv = tl.load(w_base + (i * swh + j * sww), mask=c_ok, other=0.0)
+            acc += g.to(ACC) * wv.to(ACC)[:, None, None]
+    dx_ok = c_ok3 & (ih < H) & (iw < W)
+    tl.store(dx_ptr + n * sdn + c3 * sdc + ih * sdh + iw * sdw, acc.to(dx_ptr.dtype.element_ty), mask=dx_ok)
+
+
+@triton.jit
+def _dwconv_grad_weight_partial_kernel(
+    gy_ptr,  # [N, C', OH, OW] dL/dy, strides (sgn, sgc, sgh, sgw)
+    x_ptr,  # [N, C', H, W], strides (sxn, sxc, sxh, sxw)
+    part_ptr,  # [splits, K·K, C'] contiguous, ACC dtype: row `split` holds this program's partial dW (tap-major)
+    N,
+    C,
+    H,
+    W,
+    OH,
+    OW,
+    items_per_split,
+    sgn,
+    sgc,
+    sgh,
+    sgw,
+    sxn,
+    sxc,
+    sxh,
+    sxw,
+    K: tl.constexpr,
+    STRIDE: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+    BLOCK_T: tl.constexpr,  # next_power_of_2(K·K)
+):
+    # grid (tiles(C'), splits): the work items are the output tiles (n, tile_h, tile_w) in order; program `split`
+    # sums items [split · per, (split + 1) · per) of dW[c, i, j] = Σ gy[n, c, oh, ow] x[n, c, oh·s + i - K//2, ...]
+    c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    split = tl.program_id(1)
+    c_ok = c < C
+    c3, c_ok3 = c[:, None, None], c_ok[:, None, None]
+    taps = tl.arange(0, BLOCK_T)[:, None]
+    # [taps, channels]: the K² per-tap sums stay in registers; a tile's sum for tap t lands in row t by a select
+    acc = tl.zeros([BLOCK_T, BLOCK_C], dtype=ACC)
+    items = N * tl.cdiv(OH, BLOCK_H) * tl.cdiv(OW, BLOCK_W)
+    start = split * items_per_split
+    end = tl.minimum(start + items_per_split, items)
+    for item in range(start, end):
+        n, oh, ow = _tile_coords(item, C, OH, OW, BLOCK_C, BLOCK_H, BLOCK_W)
+        out_ok = c_ok3 & (oh < OH) & (ow < OW)
+        g = tl.load(gy_ptr + n * sgn + c3 * sgc + oh * sgh + ow * sgw, mask=out_ok, other=0.0).to(ACC)
+        x_base = x_ptr + n * sxn + c3 * sxc
+        for i in tl.static_range(K):
+            ih = oh * STRIDE + (i - K // 2)
+            x_row = x_base + ih * sxh
+            row_ok = out_ok & (ih >= 0) & (ih < H)
+            for j in tl.static_range(K):
+                iw = ow * STRIDE + (j - K // 2)
+                xv = tl.load(x_row + iw * sxw, mask=row_ok & (iw >= 0) & (iw < W), other=0.0).to(ACC)
+                s = tl.sum(tl.sum(g * xv, axis=2), axis=1)
+                acc = tl.where(taps == i * K + j, acc + s[None, :], acc)
+    part = part_ptr + split.to(tl.int64) * (K * K * C) + taps * C + c[None, :]
+    tl.store(part, acc, mask=(taps < K * K) & c_ok[None, :])
+
+
+@triton.jit
+def _dwconv_grad_weight_reduce_kernel(
+    part_ptr,  # [splits, K·K, C'] contiguous, ACC dtype (from the partial kernel)
+    out_ptr,  # [C_w, 1, K_w, K_w], strides (soc, soh, sow): dW (written whole) or grad_out (its window += scale · dW)
+    scale_ptr,  # [1] in out's dtype: grad_scale (a float argument would be rounded to fp32)
+    C,
+    C_w,
+    K_w,
+    w_off,
+    splits,
+    soc,
+    soh,
+    sow,
+    K: tl.constexpr,
+    ACC: tl.constexpr,
+    ACCUMULATE: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    # grid (tiles(C_w · K_w · K_w)): element e = (c, kh, kw) of the target, row-major; the splits are summed in
+    # index order, so the result does not depend on how the programs were scheduled
+    e = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    in_range = e < C_w * K_w * K_w
+    c = e // (K_w * K_w)
+    kh = (e % (K_w * K_w)) // K_w
+    kw = e % K_w
+    i = kh - w_off
+    j = kw - w_off
+    active = in_range & (c < C) & (i >= 0) & (i < K) & (j >= 0) & (j < K)
+    src = part_ptr + (i * K + j) * C + c
+    total = tl.zeros([BLOCK], dtype=ACC)
+    for split in range(splits):
+        total += tl.load(src + split * (K * K * C), mask=active, other=0.0)
+    dst = out_ptr + c * soc + kh * soh + kw * sow
+    if ACCUMULATE:
+        old = tl.load(dst, mask=active, other=0.0)
+        scale = tl.load(scale_ptr)
+        tl.store(dst, old + scale * total.to(old.dtype), mask=active)
+    else:
+        tl.store(dst, total.to(out_ptr.dtype.element_ty), mask=in_range)
+
+
+# --- launchers ----------------------------------------------------------------------------------------------------
+
+INTERPRETED = not isinstance(_dwconv_fwd_kernel, triton.runtime.JITFunction)  # TRITON_INTERPRET=1 at import
+_TL_DTYPE = {torch.float32: tl.float32, torch.float64: tl.float64}
+
+
+def _kernel(fn):
+    # triton_op sees the kernels only through wrap_triton; interpreted kernels are called as they are
+    return fn if INTERPRETED else torch.library.wrap_triton(fn)
+
+
+class _Tile(NamedTuple):
+    block_c: int
+    block_h: int
+    block_w: int
+    num_warps: int
+
+
+def _channels_last(t: Tensor) -> bool:
+    return t.stride(1) == 1 and t.stride(3) != 1
+
+
+def _tile(c: int, h: int, w: int, channels_last: bool, elem_size: int, *, wgrad: bool = False) -> _Tile:
+    """A ~1024-element tile (4 warps × 8 elements per thread: enough loads in flight for a memory-bound op).
+
+    NCHW: W is contiguous, so a row of up to 64 columns per tile (≥ 128 contiguous bytes at stride 1; at stride 2 the
+    skipped columns are the next tap's and hit L1), rows to fill the tile, and small planes (14², 7²) take several
+    channels so no program is mostly masked. channels_last: C is contiguous, so 128 bytes of channels (32 fp32,
+    64 bf16), then columns, then rows. The weight-gradient tile takes only a 32-byte DRAM sector of channels, so its
+    spatial extent (which the [K², BLOCK_C] per-tap select is amortized over) stays ≥ 64 positions.
+    """
+    p2 = triton.next_power_of_2
+    budget = 1024
+    if channels_last:
+        block_c = min(p2(c), max(1, (32 if wgrad else 128) // elem_size))
+        block_w = min(p2(w), max(1, budget // block_c), 32)
+        block_h = min(p2(h), max(1, budget // (block_c * block_w)))
+    else:
+        block_w = min(p2(w), 64)
+        block_h = min(p2(h), max(1, budget // block_w))
+        block_c = min(p2(c), max(1, budget // (block_h * block_w)))
+    return _Tile(block_c, block_h, block_w, num_warps=4 if block_c * block_h * block_w >= 512 else 2)
+
+
+@functools.cache
+def _sm_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 2  # the interpreter: a few splits, so the ordered reduction is exercised
+
+
+def _empty(shape, *, dtype: torch.dtype, device: torch.device, memory_format=torch.contiguous_format) -> Tensor:
+    # every output and scratch buffer of the ops comes from here (the tests poison it with NaN)
+    return torch.empty(shape, dtype=dtype, device=device, memory_format=memory_format)
+
+
+def _empty_like_layout(x: Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+    fmt = torch.channels_last if _channels_last(x) else torch.contiguous_format
+    return _empty(shape, dtype=dtype, device=x.device, memory_format=fmt)
+
+
+def _out_size(size: int, k: int, stride: int) -> int:
+    return (size + 2 * (k // 2) - k) // stride + 1
+
+
+def _weight_args(weight: Tensor, k: int) -> tuple[int, int, int, int]:
+    return weight.stride(0), weight.stride(2), weight.stride(3), (weight.shape[-1] - k) // 2
+
+
+def _forward(x: Tensor, weight: Tensor, y: Tensor, k: int, stride: int, tile: _Tile | None = None) -> Tensor:
+    """y[:] = elastic_dwconv(x, weight); every element of ``y`` written."""
+    n, c, h, w = (int(d) for d in x.shape)  # tiles and grids are concrete even when tracing with SymInts
+    oh, ow = int(y.shape[2]), int(y.shape[3])
+    t = tile or _tile(c, oh, ow, _channels_last(x), x.element_size())
+    grid = (n * triton.cdiv(oh, t.block_h) * triton.cdiv(ow, t.block_w), triton.cdiv(c, t.block_c))
+    _kernel(_dwconv_fwd_kernel)[grid](
+        x, weight, y, c, h, w, oh, ow, *x.stride(), *_weight_args(weight, k), *y.stride(),
+        K=k, STRIDE=stride, ACC=_TL_DTYPE[compute_dtype(x.dtype)],
+        BLOCK_C=t.block_c, BLOCK_H=t.block_h, BLOCK_W=t.block_w, num_warps=t.num_warps,
+    )  # fmt: skip
+    return y
+
+
+def _grad_input(gy: Tensor, weight: Tensor, dx: Tensor, k: int, stride: int, tile: _Tile | None = None) -> Tensor:
+    """dx[:] = dL/dx; every element of ``dx`` written."""
+    n, c, h, w = (int(d) for d in dx.shape)
+    oh, ow = int(gy.shape[2]), int(gy.shape[3])
+    t = tile or _tile(c, h, w, _channels_last(dx), dx.element_size())
+    grid = (n * triton.cdiv(h, t.block_h) * triton.cdiv(w, t.block_w), triton.cdiv(c, t.block_c))
+    _kernel(_dwconv_grad_input_kernel)[grid](
+        gy, weight, dx, c, h, w, oh, ow, *gy.stride(), *_weight_args(weight, k), *dx.stride(),
+        K=k, STRIDE=stride, ACC=_TL_DTYPE[compute_dtype(dx.dtype)],
+        BLOCK_C=t.block_c, BLOCK_H=t.block_h, BLOCK_W=t.block_w, num_warps=t.num_warps,
+    )  # fmt: skip
+    return dx
+
+
+def _grad_weight(
+    gy: Tensor,
+    x: Tensor,
+    out: Tensor,
+    k: int,
+    stride: int,
+    *,
+    accumulate: bool,
+    scale: float = 1.0,
+    tile: _Tile | None = None,
+    splits: int | None = None,
+) -> Tensor:
+    """``out`` (shaped like the stored weight): ``= dW`` (every element written, zeros outside the window) or, with
+    ``accumulate``, ``out[:C', :, window, window] += scale · dW`` (nothing else touched)."""
+    n, c, h, w = (int(d) for d in x.shape)
+    oh, ow = int(gy.shape[2]), int(gy.shape[3])
+    acc = compute_dtype(x.dtype)
+    t = tile or _tile(c, oh, ow, _channels_last(x), x.element_size(), wgrad=True)
+    tiles_c = triton.cdiv(c, t.block_c)
+    items = n * triton.cdiv(oh, t.block_h) * triton.cdiv(ow, t.block_w)
+    if splits is None:  # ~8 programs per SM in all; a split never gets less than one work item
+        splits = max(1, min(items, triton.cdiv(8 * _sm_count(x.device), tiles_c)))
+    per = triton.cdiv(items, splits)
+    splits = triton.cdiv(items, per)
+    part = _empty((splits, k * k, c), dtype=acc, device=x.device)
+    _kernel(_dwconv_grad_weight_partial_kernel)[(tiles_c, splits)](
+        gy, x, part, n, c, h, w, oh, ow, per, *gy.stride(), *x.stride(),
+        K=k, STRIDE=stride, ACC=_TL_DTYPE[acc],
+        BLOCK_C=t.block_c, BLOCK_H=t.block_h, BLOCK_W=t.block_w, BLOCK_T=triton.next_power_of_2(k * k),
+        num_warps=t.num_warps,
+    )  # fmt: skip
+    scale_t = torch.full((1,), scale, dtype=out.dtype, device=out.device)
+    c_w, k_w, block = int(out.shape[0]), int(out.shape[-1]), 256
+    _kernel(_dwconv_grad_weight_reduce_kernel)[(triton.cdiv(c_w * k_w * k_w, block),)](
+        part, out, scale_t, c, c_w, k_w, (k_w - k) // 2, splits, out.stride(0), out.stride(2), out.stride(3),
+        K=k, ACC=_TL_DTYPE[acc], ACCUMULATE=accumulate, BLOCK=block, num_warps=4,
+    )  # fmt: skip
+    return out
+
+
+# --- torch.library registration -----------------------------------------------------------------------------------
+
+
+def _define(name: str, fake, mutates_args: tuple[str, ...] = ()):
+    def register(fn):
+        if not INTERPRETED:
+            return torch.library.triton_op(name, mutates_args=mutates_args)(fn)
+        op = torch.library.custom_op(name, mutates_args=mutates_args)(fn)
+        op.register_fake(fake)
+        return op
+
+    return register
+
+
+def _fake_forward(x, weight, kernel_size, stride, grad_out, grad_scale):
+    n, c, h, w = x.shape
+    return _empty_like_layout(x, (n, c, _out_size(h, kernel_size, stride), _out_size(w, kernel_size, stride)), x.dtype)
+
+
+@_define("deps::elastic_dwconv", _fake_forward)
+def _elastic_dwconv_op(
+    x: Tensor,
+    weight: Tensor,
+    kernel_size: int,
+    stride: int,
+    grad_out: Optional[Tensor],  # noqa: UP045 (torch 2.6's schema inference needs typing.Optional)
+    grad_scale: float,
+) -> Tensor:
+    # grad_out and grad_scale are for the backward (see _setup_context)
+    y = _fake_forward(x, weight, kernel_size, stride, grad_out, grad_scale)
+    if y.numel():
+        _forward(x, weight, y, kernel_size, stride)
+    return y
+
+
+def _fake_grad_input(grad_y, x, weight, kernel_size, stride):
+    return _empty_like_layout(x, tuple(x.shape), x.dtype)
+
+
+@_define("deps::elastic_dwconv_grad_input", _fake_grad_input)
+def _grad_input_op(grad_y: Tensor, x: Tensor, weight: Tensor, kernel_size: int, stride: int) -> Tensor:
+    # x only gives dx its shape, dtype and layout
+    dx = _fake_grad_input(grad_y, x, weight, kernel_size, stride)
+    if dx.numel():
+        if grad_y.numel():
+            _grad_input(grad_y, weight, dx, kernel_size, stride)
+        else:
+            dx.zero_()
+    return dx
+
+
+def _fake_grad_weight(grad_y, x, weight, kernel_size, stride):
+    return _empty(weight.shape, dtype=weight.dtype, device=weight.device)
+
+
+@_define("deps::elastic_dwconv_grad_weight", _fake_grad_weight)
+def _grad_weight_op(grad_y: Tensor, x: Tensor, weight: Tensor, kernel_size: int, stride: int) -> Tensor:
+    # weight only gives dW its shape and dtype
+    dw = _fake_grad_weight(grad_y, x, weight, kernel_size, stride)
+    if grad_y.numel():
+        _grad_weight(grad_y, x, dw, kernel_size, stride, accumulate=False)
+    else:
+        dw.zero_()
+    return dw
+
+
+def _fake_grad_weight_add(grad_y, x, grad_out, kernel_size, stride, grad_scale):
+    return None
+
+
+@_define("deps::elastic_dwconv_grad_weight_add_", _fake_grad_weight_add, mutates_args=("grad_out",))
+def _grad_weight_add_op(
+    grad_y: Tensor, x: Tensor, grad_out: Tensor, kernel_size: int, stride: int, grad_scale: float
+) -> None:
+    if grad_y.numel():
+        _grad_weight(grad_y, x, grad_out, kernel_size, stride, accumulate=True, scale=grad_scale)
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, kernel_size, stride, grad_out, grad_scale = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.kernel_size, ctx.stride, ctx.grad_scale = kernel_size, stride, grad_scale
+    # Kept as an attribute, not saved: the backward writes into it, and a saved tensor's version check would fail
+    # for the next op whose buffer is a view of the same flat storage.
+    ctx.grad_out = grad_out
+
+
+def _backward(ctx, grad_y):
+    x, weight = ctx.saved_tensors
+    k, s = ctx.kernel_size, ctx.stride
+    dx = dw = None
+    # Not differentiable again (no double backward). torch.func.grad runs backwards with create_graph=True, so without
+    # no_grad the backward ops would be dispatched to their (absent) autograd.
+    with torch.no_grad():
+        if ctx.needs_input_grad[0]:
+            dx = _grad_input_op(grad_y, x, weight, k, s)
+        if ctx.grad_out is not None:  # fused: grad_out[window] += grad_scale · dW, and no gradient for the weight
+            _grad_weight_add_op(grad_y, x, ctx.grad_out, k, s, ctx.grad_scale)
+        elif ctx.needs_input_grad[1]:
+            dw = _grad_weight_op(grad_y, x, weight, k, s)
+    return dx, dw, None, None, None, None
+
+
+_elastic_dwconv_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _ElasticDwconv(torch.autograd.Function):
+    """The same forward, setup_context and backward as an ``autograd.Function``: the autograd that
+    ``register_autograd`` generates for a custom op has no ``setup_context`` and fails under ``torch.func``
+    transforms (pytorch/pytorch#168393, #170834), so the public function goes through this class, which both
+    ``torch.func.grad`` and ``torch.compile`` (dynamo traces autograd.Function) accept. Not supported: compiling a
+    ``torch.func.grad`` of it (dynamo then calls the op with grad-tracking tensors and reaches the generated
+    autograd, which raises; hiding the op from it with ``no_grad`` gave silently wrong gradients in torch 2.13)."""
+
+    @staticmethod
+    def forward(x, weight, kernel_size, stride, grad_out, grad_scale):
+        return _elastic_dwconv_op(x, weight, kernel_size, stride, grad_out, grad_scale)
+
+    setup_context = staticmethod(_setup_context)
+    backward = staticmethod(_backward)
+
+
+# --- public API ---------------------------------------------------------------------------------------------------
+
+
+def elastic_dwconv(
+    x: Tensor,
+    weight: Tensor,
+    *,
+    kernel_size: int | None = None,
+    stride: int = 1,
+    grad_out: Tensor | None = None,
+    grad_scale: float = 1.0,
+) -> Tensor:
+    """Depthwise conv of ``x`` ``[N, C', H, W]`` with the first ``C'`` channels and the centre ``kernel_size`` taps
+    (default: all ``K_max``) of ``weight`` ``[C_max, 1, K_max, K_max]``, read in place; returns ``[N, C', H_out,
+    W_out]`` in ``x``'s dtype and memory format.
+
+    ``grad_out`` (shaped like ``weight``, e.g. a view of a gradient accumulator): the backward adds
+    ``grad_scale · dL/dweight`` into its window and gives the weight no gradient (see the module docstring).
+    Raises ``ValueError`` for invalid arguments, and for CPU tensors unless ``TRITON_INTERPRET=1`` was set before
+    this module was imported.
+    """
+    if kernel_size is None and isinstance(weight, Tensor) and weight.dim() == 4:
+        kernel_size = weight.shape[-1]
+    check_elastic_dwconv_args(x, weight, kernel_size, stride, grad_out)
+    if x.device.type != "cuda" and not INTERPRETED:
+        raise ValueError(
+            f"the Triton depthwise kernels need CUDA tensors; got {x.device} (CPU tensors run under the Triton "
+            "interpreter only: set TRITON_INTERPRET=1 before deps_kernels.elastic_dwconv is imported)"
+        )
+    return _ElasticDwconv.apply(x, weight, kernel_size, stride, grad_out, float(grad_scale))
