@@ -4,6 +4,8 @@ Providers (one pytest-benchmark group per subject, so they print side by side):
 
 - ``deps``: :func:`deps_core.step.functional_step` (per-term ``torch.func.grad_and_value`` on active-slice views,
   ε-weighted accumulation into one flat fp32 buffer; the depthwise op of ``deps_core.ops``, Triton on CUDA);
+- ``deps_fused`` (GPU): the same with ``fuse_dw_grad=True`` (the Triton kernel adds the depthwise weight gradients
+  straight into the accumulator);
 - ``autograd``: :func:`deps_core.step.autograd_step`, the same supernet with ``(w · loss).backward()`` per term;
 - ``eager``: ``bench/baselines/ofa_eager.py``, the research code's way (subnet as module state, ``.contiguous()``
   weight copies every forward, PyTorch's depthwise conv, ``.backward()`` per subnet);
@@ -34,6 +36,7 @@ from deps_core.step import autograd_step, detached_state, functional_step
 from deps_core.strategies import DepsStrategy, SubnetTerm
 
 PROVIDERS = ["deps", "autograd", "eager", "static"]
+GPU_PROVIDERS = ["deps", "deps_fused", "autograd", "eager", "static"]
 SETTINGS = {
     # device: space, width, batch, resolution, classes, autocast, rounds
     "cpu": ("ofa_mbv3_32", 0.5, 64, 32, 10, False, 6),
@@ -77,14 +80,15 @@ def _runner(provider: str, net, terms, x, y, autocast: bool):
     def amp():
         return torch.autocast(device, dtype=torch.bfloat16, enabled=autocast)
 
-    if provider == "deps":
+    if provider in ("deps", "deps_fused"):
         params, buffers = detached_state(net)
         acc = GradAccumulator(params)
+        fuse = provider == "deps_fused"  # depthwise dW added into the accumulator by the Triton kernel (CUDA only)
 
         def run():
             acc.zero_()
             with amp():
-                functional_step(net, params, buffers, acc, terms, x, y)
+                functional_step(net, params, buffers, acc, terms, x, y, fuse_dw_grad=fuse)
             sync()
 
     elif provider == "autograd":
@@ -166,13 +170,13 @@ def test_bench_step_vs_k_cpu(benchmark, k):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("provider", GPU_PROVIDERS)
 def test_bench_shrinking_step_gpu(benchmark, provider):
     _bench(benchmark, "cuda", provider, "shrinking")
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("provider", GPU_PROVIDERS)
 def test_bench_fm_warmup_step_gpu(benchmark, provider):
     _bench(benchmark, "cuda", provider, "fm_warmup")
 
