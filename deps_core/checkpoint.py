@@ -94,6 +94,24 @@ def supernet_from_checkpoint(path: str | os.PathLike, *, device: str | torch.dev
     )
     try:
         net.load_state_dict(state["model"])
-    except RuntimeError as err:
-        raise CheckpointError(f"{path}: the weights do not fit the supernet its config describes ({err})") from None
+    except RuntimeError:
+        raise CheckpointError(
+            f"{path}: the weights do not fit the {config.model.space} supernet its config describes "
+            f"({_mismatch(net.state_dict(), state['model'])}); was it trained on another space or width?"
+        ) from None
     return net.to(device), config
+
+
+def _mismatch(expected: dict[str, Any], got: dict[str, Any]) -> str:
+    """One line: how many tensors are missing, unexpected or of another shape, with the first of each."""
+    missing = [k for k in expected if k not in got]
+    unexpected = [k for k in got if k not in expected]
+    shapes = [k for k in expected if k in got and tuple(expected[k].shape) != tuple(got[k].shape)]
+    parts = []
+    for what, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", shapes)):
+        if keys:
+            first = keys[0]
+            if what == "of another shape":
+                first += f" {tuple(got[keys[0]].shape)} vs {tuple(expected[keys[0]].shape)}"
+            parts.append(f"{len(keys)} {what}, e.g. {first}")
+    return "; ".join(parts) or "no tensor differs in name or shape"

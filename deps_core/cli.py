@@ -3,6 +3,10 @@
 - ``deps train [--preset NAME] [--config FILE] [section.key=value ...]``: train; with no arguments, the embedded
   default (DεpS on the bundled synthetic dataset with a small MBV3-32 supernet, a few minutes on a CPU), then BN
   recalibration, evaluation across the MAC range, a Pareto table, ``pareto.png`` and ``report.json``.
+- ``deps eval``: BN recalibration and evaluation of subnets of a trained supernet (Pareto table and plot);
+  ``deps export``: one subnet as a static network (state dict + JSON config, ONNX);
+  ``deps search --macs 300M [--latency 20ms]``: evolutionary search for the most accurate subnet per budget, written
+  as arch JSON files that ``deps export --arch`` reads.
 - ``deps data``: write .beton files (see ``deps_loaders.cli``); ``deps spaces``: the registered spaces.
 
 Bad input (an unknown key, an invalid value, a missing file) is a one-line error and exit status 2.
@@ -35,6 +39,20 @@ def _count(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
     return value
+
+
+def _positive(text: str) -> int:
+    value = _count(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -193,15 +211,33 @@ def _write_report(out_dir: Path, config, summary: dict, report: dict | None, wal
 
 
 def _arch_arg(text: str, net):
-    """``max``, ``min`` or a JSON file / string of an Arch."""
+    """``max``, ``min`` or a JSON file / string of an Arch, checked against the supernet's (restricted) space."""
     from deps_core.arch import Arch
 
     if text in ("max", "min"):
         return net.max_arch() if text == "max" else net.min_arch()
     path = Path(text)
-    arch = Arch.from_json(path.read_text() if path.is_file() else text)
-    net.check(arch)
+    if path.is_file():
+        try:
+            arch = Arch.from_json(path.read_text())
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"--arch {path}: {err}") from None
+    elif text.lstrip().startswith("{"):
+        arch = Arch.from_json(text)
+    else:
+        raise ValueError(f"--arch {text!r} is neither max, min, an arch JSON file nor a JSON string")
+    try:
+        net.check(arch)
+    except ValueError as err:
+        raise ValueError(
+            f"--arch {text if path.is_file() else 'JSON'} is not a subnet of the checkpoint's space: {err}"
+        ) from None
     return arch
+
+
+def _checkpoint_file(text: str) -> Path:
+    ckpt = Path(text)
+    return ckpt / "checkpoints" / "last.pt" if ckpt.is_dir() else ckpt
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -225,16 +261,17 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     ckpt = Path(args.checkpoint)
     ckpt = ckpt / "checkpoints" / "last.pt" if ckpt.is_dir() else ckpt
     config = apply_overrides(ExperimentConfig.from_dict(load_checkpoint(ckpt)["config"]), args.overrides)
+    net, _ = supernet_from_checkpoint(ckpt)
+    g = torch.Generator().manual_seed(args.seed)
+    archs = [_arch_arg(a, net) for a in args.arch] or (  # bad archs stop before anything is set up or read
+        [net.max_arch(), net.min_arch()] + [uniform_arch(net.spec, g) for _ in range(args.archs)]
+    )
     ctx = DistContext.from_env(config.run.device)
     _cpu_settings(ctx, config)
-    net, _ = supernet_from_checkpoint(ckpt, device=ctx.device)
+    net = net.to(ctx.device)
     data = build_data(config, ctx)
     if data.num_classes != net.num_classes:
         raise ValueError(f"the data has {data.num_classes} classes, the checkpoint's supernet {net.num_classes}")
-    g = torch.Generator().manual_seed(args.seed)
-    archs = [_arch_arg(a, net) for a in args.arch] or (
-        [net.max_arch(), net.min_arch()] + [uniform_arch(net.spec, g) for _ in range(args.archs)]
-    )
     calib = CachedBatches.from_loader(
         data.calib.epoch(0), max_images=config.run.calib_images, batch_size=config.run.calib_batch
     )
@@ -284,7 +321,171 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _budget_list(parse):
+    """An argparse type: a comma-separated list of budgets, each parsed by ``parse``."""
+
+    def convert(text: str) -> list:
+        try:
+            return [parse(part) for part in text.split(",")]
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    return convert
+
+
+def _fraction_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value}")
+    return value
+
+
+def _search_resolutions(args: argparse.Namespace, net, config) -> list[int]:
+    """``--resolutions``, else the resolutions the supernet trained at (elastic training), else the space's default."""
+    if args.resolutions:
+        res = args.resolutions
+    else:
+        trained = [r for r in config.data.resolution if r in net.spec.resolutions]
+        res = trained if len(trained) > 1 else [net.spec.default_resolution]
+    bad = [r for r in res if r not in net.spec.resolutions]
+    if bad:
+        raise ValueError(f"--resolutions {bad} are not in {net.spec.name}'s {list(net.spec.resolutions)}")
+    return sorted(set(res))
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    """Evolutionary search for the most accurate subnet under each MACs/latency budget; writes arch JSON files."""
+    import attrs
+
+    from deps_core.arch import uniform_arch
+    from deps_core.checkpoint import supernet_from_checkpoint
+    from deps_core.config import apply_overrides
+    from deps_core.data import search_splits
+    from deps_core.distributed import DistContext
+    from deps_core.latency import LatencyTable
+    from deps_core.predictor import AccuracyPredictor, ArchEncoder, fit_predictor
+    from deps_core.search import (
+        Budget,
+        EvalAccuracy,
+        EvolutionConfig,
+        PredictorAccuracy,
+        check_budget,
+        evolution_search,
+    )
+
+    if not args.macs and not args.latency:
+        raise ValueError("give a budget: --macs (e.g. 300M) and/or --latency (e.g. 20ms)")
+    if args.predictor and args.accuracy != "predictor":
+        raise ValueError("--predictor needs --accuracy predictor")
+    ckpt = _checkpoint_file(args.checkpoint)
+    net, config = supernet_from_checkpoint(ckpt)
+    config = apply_overrides(config, args.overrides)
+    spec, classes = net.spec, net.num_classes
+    resolutions = _search_resolutions(args, net, config)
+    budgets = [Budget(m, t) for m in (args.macs or [None]) for t in (args.latency or [None])]
+    for b in budgets:  # MACs budgets are checked before anything is measured or read
+        if b.macs is not None:
+            check_budget(spec, Budget(macs=b.macs), resolutions=resolutions, num_classes=classes)
+    predictor = AccuracyPredictor.load(args.predictor, spec=spec) if args.predictor else None
+    if predictor is not None:
+        for r in resolutions:
+            if r not in predictor.encoder.resolutions:
+                raise ValueError(
+                    f"--predictor {args.predictor} encodes resolutions {list(predictor.encoder.resolutions)}; "
+                    f"the search covers {resolutions}"
+                )
+    evo = EvolutionConfig(
+        population_size=args.population or (100 if args.accuracy == "predictor" else 16),
+        generations=args.generations or (500 if args.accuracy == "predictor" else 10),
+        mutate_prob=args.mutate_prob,
+        parent_ratio=args.parent_ratio,
+        mutation_ratio=args.mutation_ratio,
+    )
+    out = Path(args.out or ckpt.parent.parent / "search")
+
+    ctx = DistContext.from_env(config.run.device)
+    if ctx.distributed:
+        raise ValueError("deps search runs in one process; launch it without torchrun")
+    _cpu_settings(ctx, config)
+    net = net.to(ctx.device)
+    table = LatencyTable(
+        ctx.device,
+        batch_size=args.latency_batch,
+        warmup=args.latency_warmup,
+        repeats=args.latency_repeats,
+        path=args.latency_table or out / "latency_table.json",
+        threads=args.latency_threads,
+    )
+    for b in budgets:
+        if b.latency_ms is not None:
+            check_budget(spec, b, resolutions=resolutions, num_classes=classes, latency_table=table)
+    calib, heldout, data_classes = search_splits(config, ctx.device, heldout_images=args.heldout_images)
+    if data_classes != classes:
+        raise ValueError(f"the data has {data_classes} classes, the checkpoint's supernet {classes}")
+    evaluator = EvalAccuracy(net, calib, heldout, amp=ctx.device.type == "cuda", progress=args.accuracy == "predictor")
+    out.mkdir(parents=True, exist_ok=True)
+    summary: dict = {"checkpoint": str(ckpt), "accuracy": args.accuracy, "resolutions": resolutions}
+    summary |= {"heldout_images": heldout.num_images, "calib_images": calib.num_images, "evolution": attrs.asdict(evo)}
+    if args.accuracy == "predictor":
+        if predictor is None:
+            g = torch.Generator().manual_seed(args.seed + 1)
+            archs = [net.max_arch(r) for r in resolutions] + [net.min_arch(r) for r in resolutions]
+            archs += [uniform_arch(spec, g, resolutions=resolutions) for _ in range(args.predictor_archs)]
+            archs = list(dict.fromkeys(archs))
+            accs = evaluator(archs)
+            predictor, report = fit_predictor(
+                archs, accs, ArchEncoder.for_space(spec, resolutions), generator=g, progress=True
+            )
+            predictor.save(out / "predictor.pt", report=report)
+            data_path = out / "predictor_data.json"
+            data_path.write_text(json.dumps([{"arch": a.to_dict(), "top1": v} for a, v in zip(archs, accs)]) + "\n")
+            print(
+                f"accuracy predictor on {report['n_train']} + {report['n_val']} evaluated archs: validation RMSE "
+                f"{100 * report['val_rmse']:.2f} points (constant mean: {100 * report['baseline_val_rmse']:.2f}); "
+                f"wrote {out / 'predictor.pt'}",
+                file=sys.stderr,
+            )
+        summary["predictor"] = getattr(predictor, "report", {})
+        accuracy = PredictorAccuracy(predictor)
+    else:
+        accuracy = evaluator
+    results, rows = [], []
+    for i, budget in enumerate(budgets):
+        g = torch.Generator().manual_seed(args.seed + 1000 * (i + 1))
+        r = evolution_search(
+            spec,
+            accuracy,
+            budget,
+            generator=g,
+            config=evo,
+            resolutions=resolutions,
+            num_classes=classes,
+            latency_table=table,
+            progress=True,
+        )
+        heldout_top1 = evaluator([r.arch])[0]
+        path = out / f"arch_{budget.label}.json"
+        path.write_text(json.dumps(r.arch.to_dict(), indent=1) + "\n")
+        results.append(r.to_dict() | {"heldout_top1": heldout_top1, "arch_file": str(path)})
+        top1 = [f"{100 * r.accuracy:.2f}"] + ([f"{100 * heldout_top1:.2f}"] if args.accuracy == "predictor" else [])
+        rows.append([str(budget), f"{r.macs / 1e6:.2f}", f"{r.latency_ms:.3f}", *top1, str(r.evaluated), str(r.arch)])
+    table.save()
+    top1 = ["predicted top-1 %", "held-out top-1 %"] if args.accuracy == "predictor" else ["held-out top-1 %"]
+    print(_table(rows, ["budget", "MMACs", "latency ms", *top1, "archs scored", "arch"]))
+    print(f"latency: predicted from {table.path} ({table.meta['device']}, batch {table.batch_size})")
+    summary["latency_table"] = table.meta | {"path": str(table.path)}
+    summary["results"] = results
+    (out / "search.json").write_text(json.dumps(summary, indent=1) + "\n")
+    print(f"wrote {out / 'search.json'} and " + ", ".join(Path(r["arch_file"]).name for r in results))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from deps_core.search import parse_latency, parse_macs
+
     parser = _Parser(prog="deps", description="Once-for-all supernet training with DεpS (Delayed ε-Shrinking).")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -330,6 +531,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-calibrate", action="store_true", help="keep the supernet's BN statistics (no recalibration)")
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="data overrides for the calibration set")
     p.set_defaults(fn=_cmd_export)
+
+    p = sub.add_parser("search", help="evolutionary search for the best subnet under MACs and/or latency budgets")
+    p.add_argument("--checkpoint", required=True, help="a run directory or a checkpoint .pt file")
+    p.add_argument("--macs", type=_budget_list(parse_macs), help="MACs budget(s), e.g. 300M or 150M,250M (K/M/G)")
+    p.add_argument(
+        "--latency", type=_budget_list(parse_latency), help="latency budget(s) on this device, e.g. 20ms (us/ms/s)"
+    )
+    p.add_argument(
+        "--accuracy",
+        choices=("eval", "predictor"),
+        default="eval",
+        help="eval: BN recalibration + top-1 on a held-out split of the training set (cached per arch); "
+        "predictor: an MLP fitted to --predictor-archs evaluated archs (or loaded with --predictor)",
+    )
+    p.add_argument("--predictor", help="a saved accuracy predictor (predictor.pt of an earlier search)")
+    p.add_argument("--predictor-archs", type=_count, default=1000, help="uniform archs evaluated to fit the predictor")
+    p.add_argument(
+        "--heldout-images", type=_positive, default=2000, help="training images held out to measure accuracy"
+    )
+    p.add_argument("--resolutions", type=_int_list, help="searched resolutions (default: the trained ones)")
+    p.add_argument("--population", type=_positive, help="population size (default: 100 with a predictor, 16 with eval)")
+    p.add_argument("--generations", type=_positive, help="generations (default: 500 with a predictor, 10 with eval)")
+    p.add_argument("--mutate-prob", type=_fraction_arg, default=0.1, help="per-gene mutation probability")
+    p.add_argument("--parent-ratio", type=_fraction_arg, default=0.25, help="fraction of the population kept")
+    p.add_argument("--mutation-ratio", type=_fraction_arg, default=0.5, help="fraction of children from mutation")
+    p.add_argument("--seed", type=int, default=0, help="seed of the search's generator")
+    p.add_argument("--latency-table", help="latency lookup table JSON (default: OUT/latency_table.json)")
+    p.add_argument("--latency-batch", type=_positive, default=1, help="batch size of the latency measurements")
+    p.add_argument("--latency-warmup", type=_count, default=10, help="untimed calls before each measurement")
+    p.add_argument("--latency-repeats", type=_positive, default=30, help="timed calls per measurement (median)")
+    p.add_argument("--latency-threads", type=_positive, default=1, help="CPU threads of the latency measurements")
+    p.add_argument("--out", help="output directory (default: RUN_DIR/search)")
+    p.add_argument(
+        "overrides", nargs="*", metavar="section.key=value", help="data overrides, e.g. run.calib_images=500"
+    )
+    p.set_defaults(fn=_cmd_search)
 
     from deps_loaders.cli import add_data_arguments, run_data
 

@@ -115,3 +115,50 @@ def build_data(config: ExperimentConfig, ctx: DistContext) -> RunData:
             train_path, run.calib_batch, resolution=val_res, seed=run.seed + 1, scale=d.scale, drop_last=False, **common
         )
     return RunData(train, val, calib, num_classes, str(train_path), str(val_path))
+
+
+def search_splits(config: ExperimentConfig, device, *, heldout_images: int):
+    """``(calibration, held-out)`` :class:`~deps_core.evaluate.CachedBatches` from the training set for search.
+
+    Both come from the calibration loader's seeded order of the training images: the first ``run.calib_images``
+    calibrate BN (training crops, as for every evaluation), the next ``heldout_images`` measure accuracy with the full
+    centre square of each image and no flip (OFA likewise searches on a split of the training set, keeping the
+    validation set for the final report). The split is disjoint from the calibration images; it is held out from the
+    search only — the supernet may have trained on it.
+    """
+    import deps_loaders as L
+
+    from deps_core.evaluate import CachedBatches
+
+    d, run = config.data, config.run
+    if heldout_images < 1:
+        raise ValueError(f"the held-out split needs at least one image; got {heldout_images}")
+    ctx = DistContext(device=device)
+    data = build_data(config, ctx)
+    calib = CachedBatches.from_loader(data.calib.epoch(0), max_images=run.calib_images, batch_size=run.calib_batch)
+    res = d.val_resolution or max(d.resolution)
+    common = dict(
+        resolution=res,
+        device=device,
+        seed=run.seed + 1,  # the calibration loader's order
+        num_workers=d.num_workers or 1,
+        num_classes=data.num_classes,
+        scale=(1.0, 1.0),
+        ratio=(1.0, 1.0),
+        flip=False,
+        drop_last=False,
+    )
+    if d.source == "imagefolder":
+        loader = L.torchvision_train_loader(data.train_path, run.calib_batch, **common)
+    else:
+        loader = L.train_loader(data.train_path, run.calib_batch, **common)
+    skip = -(-run.calib_images // run.calib_batch)  # whole batches, so no calibration image is evaluated
+    if skip >= len(loader):
+        raise ValueError(
+            f"the training set ({loader.dataset_size} images) has none left for a held-out split after the "
+            f"{run.calib_images} calibration images; lower run.calib_images"
+        )
+    heldout = CachedBatches.from_loader(
+        loader.epoch(0, start_step=skip), max_images=heldout_images, batch_size=d.val_batch_size
+    )
+    return calib, heldout, data.num_classes

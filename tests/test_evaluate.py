@@ -1,0 +1,126 @@
+"""BN recalibration against a plain-PyTorch reference, the Pareto buckets and mean pareto accuracy by hand, and the
+empty-calibration-set errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from deps_core.arch import Arch, uniform_arch
+from deps_core.evaluate import (
+    ArchResult,
+    CachedBatches,
+    calibrate_bn,
+    mean_pareto_accuracy,
+    pareto_buckets,
+)
+from deps_core.export import build_static, extract_subnet, subnet_config
+from deps_core.spaces import create_supernet
+
+
+@pytest.fixture(scope="module")
+def net64():
+    """A tiny float64 supernet with random affine weights and random (non-default) BN statistics."""
+    g = torch.Generator().manual_seed(3)
+    net = create_supernet("ofa_mbv3_32", num_classes=10, width_mult=0.25, generator=g).double()
+    with torch.no_grad():
+        for name, t in net.named_parameters():
+            if name.endswith(("bn.weight", "bn.bias")):
+                t.copy_(0.5 + torch.rand(t.shape, generator=g, dtype=t.dtype))
+        for name, t in net.named_buffers():
+            if name.endswith("running_mean"):
+                t.copy_(torch.randn(t.shape, generator=g, dtype=t.dtype))
+            elif name.endswith("running_var"):
+                t.copy_(0.5 + torch.rand(t.shape, generator=g, dtype=t.dtype))
+    return net
+
+
+def test_calibration_equals_cumulative_bn_of_the_static_subnet_and_leaves_other_channels_alone(net64):
+    g = torch.Generator().manual_seed(4)
+    arch = uniform_arch(net64.spec, g)
+    assert arch != net64.max_arch() and min(arch.d) < 4  # some channels and some blocks are inactive
+    batches = [(torch.randn(6, 3, 32, 32, generator=g, dtype=torch.float64), torch.zeros(6)) for _ in range(3)]
+
+    # reference: the static subnet in train mode, torch BN with momentum=None (a cumulative average) from reset stats
+    ref = build_static(subnet_config(net64, arch)).double()
+    ref.load_state_dict(extract_subnet(net64, arch).state_dict())
+    for m in ref.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None
+            m.reset_running_stats()
+    ref.train()
+    with torch.no_grad():
+        for x, _ in batches:
+            ref(x)
+
+    before = {k: v.clone() for k, v in net64.named_buffers()}
+    calibrate_bn(net64, arch, CachedBatches(batches))
+    got = extract_subnet(net64, arch).state_dict()
+    stats = [k for k in got if k.endswith(("running_mean", "running_var"))]
+    assert len(stats) > 20
+    for k in stats:
+        torch.testing.assert_close(got[k], ref.state_dict()[k], rtol=1e-10, atol=1e-12, msg=k)
+
+    # every entry outside the arch's active slices keeps its exact value
+    active = net64.buffer_slices(arch)
+    for name, after in net64.named_buffers():
+        if not name.endswith(("running_mean", "running_var")):
+            continue
+        untouched = torch.ones_like(after, dtype=torch.bool)
+        if name in active:
+            untouched[active[name] or slice(None)] = False
+        assert torch.equal(after[untouched], before[name][untouched]), name
+        if name in active:
+            assert not torch.equal(after[~untouched], before[name][~untouched]), name  # and the active ones moved
+    with torch.no_grad():  # put the module-scoped fixture back
+        for k, v in net64.named_buffers():
+            v.copy_(before[k])
+
+
+def test_empty_calibration_sets_are_clear_errors(net64):
+    with pytest.raises(ValueError, match="empty calibration/evaluation set: it needs at least one batch"):
+        CachedBatches([])
+    with pytest.raises(ValueError, match="empty calibration/evaluation set: the loader yielded no images"):
+        CachedBatches.from_loader(iter([]))
+    with pytest.raises(ValueError, match="empty calibration set"):
+        calibrate_bn(net64, net64.min_arch(), [])
+
+
+# --- Pareto --------------------------------------------------------------------------------------------------------
+
+
+def test_mean_pareto_accuracy_is_the_trapezoid_area_held_flat_to_both_ends():
+    # MAC range [100, 300]: the points sit at x = 0.25, 0.5, 0.75 (given out of order)
+    points = [(200, 0.6), (150, 0.5), (250, 0.7)]
+    by_hand = (
+        0.25 * 0.5  # [0, 0.25]: flat at the first point's accuracy
+        + 0.25 * (0.5 + 0.6) / 2  # trapezoids between the points
+        + 0.25 * (0.6 + 0.7) / 2
+        + 0.25 * 0.7  # [0.75, 1]: flat at the last point's accuracy
+    )
+    assert mean_pareto_accuracy(points, 100, 300) == pytest.approx(by_hand, abs=1e-12)
+    assert by_hand == pytest.approx(0.6)
+    # endpoints on the range's ends: no flat parts; one point: its accuracy everywhere
+    assert mean_pareto_accuracy([(100, 0.2), (300, 0.8)], 100, 300) == pytest.approx(0.5)
+    assert mean_pareto_accuracy([(180, 0.42)], 100, 300) == pytest.approx(0.42)
+    with pytest.raises(ValueError, match="at least one point"):
+        mean_pareto_accuracy([], 100, 300)
+    with pytest.raises(ValueError, match="outside the MAC range"):
+        mean_pareto_accuracy([(400, 0.5)], 100, 300)
+
+
+def test_pareto_buckets_keep_the_best_of_each_equal_mac_interval():
+    arch = Arch.from_ofa([3] * 20, [3] * 20, [2] * 5, space="ofa_mbv3_32")
+    results = [
+        ArchResult(arch, 100, 0.1),  # bucket 0: [100, 150)
+        ArchResult(arch, 149, 0.3),
+        ArchResult(arch, 150, 0.2),  # bucket 1: [150, 200)
+        ArchResult(arch, 300, 0.9),  # the last bucket is closed: 300 is in bucket 3
+        ArchResult(arch, 260, 0.95),
+    ]
+    buckets = pareto_buckets(results, 100, 300, n_buckets=4)
+    assert [(b["bucket"], b["lo"], b["hi"], b["best"].macs) for b in buckets] == [
+        (0, 100, 150, 149),
+        (1, 150, 200, 150),
+        (3, 250, 300, 260),
+    ]

@@ -1,0 +1,468 @@
+"""Search, latency table, accuracy predictor and the ``deps search`` command.
+
+- the evolution finds the exact constrained optimum of a separable synthetic accuracy (brute force over a small
+  restricted space) with a fixed generator, and is reproducible;
+- the latency table is filled lazily, round-trips through JSON, and its sums track measured whole-subnet latencies
+  (a loose factor, and the ranking of the smallest vs the largest subnet — never an absolute time);
+- the predictor beats a constant on a synthetic function and refuses another space;
+- ``deps search`` end to end on a tiny checkpoint, its arch JSON accepted by ``deps export``; one clear error (exit 2)
+  for each bad input.
+
+The CLI runs use an untrained tiny supernet saved as a checkpoint (the training run of ``test_trainer.py`` takes
+minutes on a shared CPU; search and export read a checkpoint the same way whatever its weights).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_trainer import TINY, _run
+
+from deps_core.arch import Arch, max_arch, min_arch, uniform_arch
+from deps_core.checkpoint import CheckpointError, save_checkpoint, supernet_from_checkpoint
+from deps_core.cli import main
+from deps_core.config import apply_overrides, load_preset
+from deps_core.latency import LatencyTable, block_keys, measure_subnet_latency
+from deps_core.macs import subnet_macs
+from deps_core.predictor import AccuracyPredictor, ArchEncoder, fit_predictor
+from deps_core.search import (
+    Budget,
+    EvolutionConfig,
+    evolution_search,
+    parse_latency,
+    parse_macs,
+)
+from deps_core.spaces import create_supernet, space_spec
+
+# --- budgets ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, value",
+    [("300M", 300_000_000), ("1.5G", 1_500_000_000), ("250k", 250_000), ("42", 42), (" 80 m ", 80_000_000)],
+)
+def test_parse_macs(text, value):
+    assert parse_macs(text) == value
+
+
+@pytest.mark.parametrize("text, value", [("20ms", 20.0), ("0.5s", 500.0), ("750us", 0.75), ("1e1 ms", 10.0)])
+def test_parse_latency(text, value):
+    assert parse_latency(text) == pytest.approx(value)
+
+
+@pytest.mark.parametrize("text", ["300X", "-5M", "0M", "M", "", "3.0.0M"])
+def test_bad_macs_budget(text):
+    with pytest.raises(ValueError, match="expected a positive number with an optional unit K, M or G"):
+        parse_macs(text)
+
+
+@pytest.mark.parametrize("text", ["20", "20 sec", "-1ms", "0ms", "fast"])
+def test_bad_latency_budget(text):
+    with pytest.raises(ValueError, match="expected a positive duration with a unit us, ms or s"):
+        parse_latency(text)
+
+
+# --- evolution on a synthetic accuracy --------------------------------------------------------------------------------
+
+# DεpS's fixed kernel 7, expand {3, 6}, depth {2, 3}: 12 configurations per stage, 12^5 = 248,832 subnets.
+SMALL = dict(width_mult=0.5, ks_choices=(7,), e_choices=(3, 6), d_choices=(2, 3))
+
+
+def _synthetic(spec, seed: int = 1):
+    """A separable accuracy: a weight per (block, expand) of the active blocks plus a weight per (stage, depth)."""
+    g = torch.Generator().manual_seed(seed)
+    w_e = torch.rand(spec.n_blocks, len(spec.e_choices), generator=g, dtype=torch.float64).tolist()
+    w_d = torch.rand(len(spec.stages), 2, generator=g, dtype=torch.float64).tolist()
+
+    def accuracy(arch: Arch) -> float:
+        acc = sum(w_e[i][spec.e_choices.index(arch.e[i])] for i in arch.active_blocks(spec))
+        return acc + sum(w_d[s][stage.d_choices.index(d)] for s, (stage, d) in enumerate(zip(spec.stages, arch.d)))
+
+    return accuracy
+
+
+def _brute_force(spec, accuracy, budget: int, num_classes: int) -> tuple[float, int]:
+    """The best accuracy within ``budget`` over every subnet, and its MACs.
+
+    MACs and accuracy are sums over stages (a block's MACs depend on its own choices only: a stage's stride sits in
+    its first block, which every depth keeps), so each stage's 12 configurations are scored against the smallest
+    subnet and the 12^5 combinations are added up with numpy."""
+    base = min_arch(spec)
+    base_macs, base_acc = subnet_macs(spec, base, num_classes=num_classes), accuracy(base)
+    tables = []
+    for s, stage in enumerate(spec.stages):
+        rows = []
+        for d in stage.d_choices:
+            for es in itertools.product(spec.e_choices, repeat=d):
+                e, dd = list(base.e), list(base.d)
+                e[stage.first_block : stage.first_block + d], dd[s] = es, d
+                arch = base.replace(e=e, d=dd)
+                rows.append((subnet_macs(spec, arch, num_classes=num_classes) - base_macs, accuracy(arch) - base_acc))
+        tables.append(np.array(rows))
+    macs = base_macs + sum(np.ix_(*[t[:, 0] for t in tables])).ravel()
+    acc = base_acc + sum(np.ix_(*[t[:, 1] for t in tables])).ravel()
+    assert macs.size == 12**5
+    best = int(np.argmax(np.where(macs <= budget, acc, -np.inf)))
+    return float(acc[best]), int(macs[best])
+
+
+# Budgets at 50% and 70% of the MAC range: seeds 0-5 of the search and two accuracy draws found the optimum 24/24
+# times (100 x 50). At 30% the search stalls on a near-optimal knapsack solution in 3 of 12 runs (OFA's algorithm,
+# not a bug), so that budget is not asserted.
+@pytest.mark.parametrize("fraction", [0.5, 0.7])
+def test_evolution_finds_the_constrained_optimum_of_a_separable_accuracy(fraction):
+    spec = space_spec("ofa_mbv3_32", **SMALL)
+    accuracy = _synthetic(spec)
+    lo, hi = (subnet_macs(spec, a(spec), num_classes=10) for a in (min_arch, max_arch))
+    budget = int(lo + fraction * (hi - lo))
+    best_acc, best_macs = _brute_force(spec, accuracy, budget, num_classes=10)
+    result = evolution_search(
+        spec,
+        lambda archs: [accuracy(a) for a in archs],
+        Budget(macs=budget),
+        generator=torch.Generator().manual_seed(0),
+        config=EvolutionConfig(population_size=100, generations=50),
+        num_classes=10,
+        progress=False,
+    )
+    assert result.accuracy == pytest.approx(best_acc, abs=1e-12)
+    assert result.accuracy == pytest.approx(accuracy(result.arch), abs=1e-12)
+    assert result.macs == subnet_macs(spec, result.arch, num_classes=10) <= budget
+    assert result.macs == best_macs  # the optimum is unique here
+    assert result.arch == result.arch.canonical(spec) and result.latency_ms is None
+    best = [h["best_accuracy"] for h in result.history]
+    assert best == sorted(best) and len(best) == 51  # one record per generation and the final population
+
+
+def test_evolution_is_reproducible_with_the_same_generator():
+    spec = space_spec("ofa_mbv3_32", **SMALL)
+    accuracy = _synthetic(spec, seed=2)
+    calls = []
+
+    def score(archs):
+        calls.append(len(archs))
+        return [accuracy(a) for a in archs]
+
+    run = lambda seed: evolution_search(  # noqa: E731
+        spec,
+        score,
+        Budget(macs=25_000_000),
+        generator=torch.Generator().manual_seed(seed),
+        config=EvolutionConfig(population_size=12, generations=4),
+        num_classes=10,
+        progress=False,
+    )
+    a, b = run(7), run(7)
+    assert a == b
+    assert sum(calls) == a.evaluated + b.evaluated  # each distinct arch scored once per search
+    state = torch.random.get_rng_state()
+    run(8)
+    assert torch.equal(state, torch.random.get_rng_state())  # the global RNG is never read
+
+
+def test_evolution_config_is_validated():
+    with pytest.raises(ValueError, match="population_size must be an int >= 1"):
+        EvolutionConfig(population_size=0)
+    with pytest.raises(ValueError, match=r"mutate_prob must lie in \[0, 1\]"):
+        EvolutionConfig(mutate_prob=1.5)
+
+
+def test_a_budget_below_the_smallest_subnet_names_its_macs():
+    spec = space_spec("ofa_mbv3_32", **SMALL)
+    least = subnet_macs(spec, min_arch(spec), num_classes=10)
+    with pytest.raises(ValueError, match=rf"below the smallest subnet's {least / 1e6:.2f}M MACs"):
+        evolution_search(
+            spec, lambda a: [0.0] * len(a), Budget(macs=least - 1), generator=torch.Generator(), num_classes=10
+        )
+    with pytest.raises(ValueError, match="needs a latency table"):
+        evolution_search(spec, lambda a: [0.0] * len(a), Budget(latency_ms=5.0), generator=torch.Generator())
+
+
+# --- latency ----------------------------------------------------------------------------------------------------------
+
+
+def test_latency_table_is_lazy_round_trips_and_tracks_measured_latency(tmp_path):
+    net = create_supernet("ofa_mbv3_32", num_classes=10, width_mult=0.25).eval()
+    small, large = net.min_arch(), net.max_arch()
+    path = tmp_path / "lut.json"
+    table = LatencyTable("cpu", warmup=3, repeats=15, path=path)
+    assert len(table) == 0
+    predicted = {a: table.predict(net.spec, a, 10) for a in (small, large)}
+    keys = {str(k) for a in (small, large) for k in block_keys(net.spec, a, 10)}
+    assert table.measured == len(table) == len(keys)
+    assert predicted[small] == pytest.approx(sum(table.entries[str(k)] for k in block_keys(net.spec, small, 10)))
+    table.save()
+
+    again = LatencyTable("cpu", warmup=3, repeats=15, path=path)
+    assert again.entries == table.entries and again.predict(net.spec, large, 10) == predicted[large]
+    assert again.measured == 0  # read from the file, nothing measured
+    data = json.loads(path.read_text())
+    assert data["device"].startswith("cpu: ") and data["batch_size"] == 1 and data["measured_at"]
+
+    measured = {a: measure_subnet_latency(net, a, warmup=3, repeats=15) for a in (small, large)}
+    # 10 vs 20 blocks and 4.5x the MACs: both orderings must agree; the sum tracks a real run within 3x either way
+    assert predicted[small] < predicted[large] and measured[small] < measured[large]
+    for a in (small, large):
+        assert 1 / 3 < predicted[a] / measured[a] < 3, (predicted, measured)
+
+    with pytest.raises(ValueError, match="was measured with batch_size 1, not 4"):
+        LatencyTable("cpu", batch_size=4, path=path)
+
+
+# --- predictor --------------------------------------------------------------------------------------------------------
+
+
+def test_encoder_one_hot_layout():
+    spec = space_spec("ofa_mbv3_32", ks_choices=(3, 7), e_choices=(3, 6))
+    enc = ArchEncoder.for_space(spec, resolutions=[28, 32])
+    assert enc.n_dim == 20 * (2 + 2) + 5 * 3 + 2
+    arch = Arch("ofa_mbv3_32", [7] + [3] * 19, [6] + [3] * 19, [2, 3, 4, 2, 2], 28)
+    x = enc.encode(arch)
+    blocks = x[:80].view(20, 4)
+    assert blocks[0].tolist() == [0, 1, 0, 1] and blocks[1].tolist() == [1, 0, 1, 0]  # k7 e6, then k3 e3
+    assert blocks[2:4].sum() == 0  # stage 0 has depth 2: blocks 2 and 3 are skipped
+    assert x[80:95].view(5, 3).argmax(1).tolist() == [0, 1, 2, 0, 0] and x[80:95].sum() == 5
+    assert x[95:].tolist() == [1, 0]
+    assert torch.equal(enc.encode(arch.canonical()), x)  # skipped blocks' entries do not matter
+    assert ArchEncoder.for_space(spec).n_dim == 95  # one resolution: no resolution feature
+    with pytest.raises(ValueError, match="encodes resolutions"):
+        enc.encode(arch.replace(resolution=24))
+
+
+@pytest.fixture
+def one_thread():
+    """Small MLP steps run fastest, and steadiest on a shared machine, on one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_predictor_fits_a_synthetic_accuracy_better_than_a_constant(tmp_path, one_thread):
+    spec = space_spec("ofa_mbv3_32", width_mult=0.25)
+    g = torch.Generator().manual_seed(5)
+    archs = list(dict.fromkeys(uniform_arch(spec, g) for _ in range(300)))
+    lo, hi = (subnet_macs(spec, a(spec), num_classes=10) for a in (min_arch, max_arch))
+    # an accuracy that grows with MACs and saturates, plus kernel-size and depth terms
+    accs = [
+        0.5
+        + 0.3 * (1 - np.exp(-3 * (subnet_macs(spec, a, num_classes=10) - lo) / (hi - lo)))
+        + 0.01 * np.mean(a.ks)
+        - 0.02 * a.d[0]
+        for a in archs
+    ]
+    enc = ArchEncoder.for_space(spec)
+    predictor, report = fit_predictor(archs, accs, enc, generator=g)
+    assert report["n_val"] == round(0.2 * len(archs)) and report["n_train"] + report["n_val"] == len(archs)
+    assert report["val_rmse"] < 0.5 * report["baseline_val_rmse"], report
+
+    path = predictor.save(tmp_path / "p.pt", report=report)
+    loaded = AccuracyPredictor.load(path, spec=spec)
+    torch.testing.assert_close(loaded.predict(archs[:20]), predictor.predict(archs[:20]))
+    assert loaded.report["val_rmse"] == report["val_rmse"]
+    with pytest.raises(ValueError, match="predicts archs of space 'ofa_mbv3_32', not 'ofa_mbv3_w1.0'"):
+        AccuracyPredictor.load(path, spec=space_spec("ofa_mbv3_w1.0"))
+    with pytest.raises(ValueError, match="trained on other choices of ofa_mbv3_32"):
+        AccuracyPredictor.load(path, spec=space_spec("ofa_mbv3_32", ks_choices=(7,)))
+
+
+# --- the deps search command ------------------------------------------------------------------------------------------
+
+# the checkpoints' data: a tiny ImageFolder read by the torchvision loader (an FFCV loader compiles its pipeline with
+# numba in every new process, ~20 s here); 80 training images: one calibration batch of 32, then the held-out split
+SEARCH_TINY = [*TINY, "data.source=imagefolder", "run.calib_images=32", "run.calib_batch=32"]
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 8), ("val", 4)):
+        for c in range(10):
+            (root / split / f"class{c}").mkdir(parents=True)
+            for i in range(n):
+                pixels = np.clip(rng.normal(25 * c, 40, (36, 36, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(root / split / f"class{c}" / f"{i}.png")
+    return [f"data.train={root / 'train'}", f"data.val={root / 'val'}"]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    return os.environ | {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _tiny_checkpoint(run_dir: Path, overrides: list[str], seed: int = 0) -> Path:
+    """A run directory holding a checkpoint of an untrained 10-class supernet, as the trainer writes it."""
+    config = apply_overrides(load_preset("default"), [*overrides, f"run.out_dir={run_dir}"])
+    net = create_supernet(
+        config.model.space, num_classes=10, generator=torch.Generator().manual_seed(seed), **config.model.space_kwargs()
+    )
+    save_checkpoint(
+        {"config": config.to_dict(), "num_classes": net.num_classes, "model": net.state_dict()},
+        run_dir / "checkpoints",
+    )
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, image_folder):
+    return _tiny_checkpoint(tmp_path_factory.mktemp("runs") / "tiny", [*SEARCH_TINY, *image_folder])
+
+
+@pytest.fixture(scope="module")
+def k7_run(tmp_path_factory, image_folder):
+    """A checkpoint of a restricted space: kernel size 7 only (DεpS's recipe)."""
+    return _tiny_checkpoint(tmp_path_factory.mktemp("runs") / "k7", [*SEARCH_TINY, *image_folder, "model.ks_choices=7"])
+
+
+def _deps(*args: str) -> list[str]:
+    return [sys.executable, "-m", "deps_core.cli", *args]
+
+
+def test_search_command_writes_arch_files_that_export_accepts(tiny_run, env, tmp_path, capsys):
+    net, _ = supernet_from_checkpoint(tiny_run)
+    lo, hi = net.macs(net.min_arch()), net.macs(net.max_arch())
+    macs = ",".join(f"{(lo + f * (hi - lo)) / 1e6:.3f}M" for f in (0.3, 0.7))
+    budgets = [parse_macs(b) for b in macs.split(",")]
+    out = tmp_path / "search"
+    common = ["--heldout-images", "32", "--latency-warmup", "1", "--latency-repeats", "3", "--seed", "1"]
+    proc = _run(
+        _deps("search", "--checkpoint", str(tiny_run), "--macs", macs, "--population", "4", "--generations", "2")
+        + [*common, "--out", str(out)],
+        env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "search.json").read_text())
+    assert summary["accuracy"] == "eval" and summary["heldout_images"] == 32 and summary["calib_images"] == 32
+    assert len(summary["results"]) == 2
+    for r, budget in zip(summary["results"], budgets):
+        arch = Arch.from_dict(json.loads(Path(r["arch_file"]).read_text()))
+        assert net.macs(arch) == r["macs"] <= budget and r["heldout_top1"] == r["accuracy"]
+        assert len(r["history"]) == 3 and r["latency_ms"] > 0
+        assert str(arch) in proc.stdout
+    assert "held-out top-1 %" in proc.stdout and (out / "latency_table.json").is_file()
+
+    # deps export reads the arch file (in this process: without recalibration it sets up nothing process-wide)
+    arch_file = summary["results"][0]["arch_file"]
+    argv = ["export", "--checkpoint", str(tiny_run), "--arch", arch_file, "--out", str(tmp_path / "x")]
+    assert main([*argv, "--no-calibrate"]) == 0, capsys.readouterr().err
+    config = json.loads((tmp_path / "x" / "subnet.json").read_text())
+    assert config["arch"] == json.loads(Path(arch_file).read_text())
+
+    # the predictor path, under a latency budget: fitted on evaluated archs, saved; the latency table is reused
+    measured = json.loads((out / "latency_table.json").read_text())["entries_ms"]
+    proc = _run(
+        _deps("search", "--checkpoint", str(tiny_run), "--accuracy", "predictor", "--predictor-archs", "6")
+        + ["--latency", "1s", "--population", "8", "--generations", "3", *common, "--out", str(out)],
+        env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "accuracy predictor on" in proc.stderr and "validation RMSE" in proc.stderr
+    predictor = AccuracyPredictor.load(out / "predictor.pt", spec=net.spec)
+    assert predictor.report["n_train"] + predictor.report["n_val"] == 8  # 6 uniform + max + min
+    result = json.loads((out / "search.json").read_text())["results"][0]
+    assert result["latency_ms"] <= 1000 and "predicted top-1 %" in proc.stdout
+    table = json.loads((out / "latency_table.json").read_text())["entries_ms"]
+    assert all(table[k] == v for k, v in measured.items())  # earlier entries were read back, not re-measured
+
+
+def _main_error(capsys, argv: list[str]) -> str:
+    """Run ``deps`` in this process; it must fail with exit 2 and one line on stderr, which is returned."""
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's usage errors
+        code = exc.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--macs", "300X"], "argument --macs: MACs budget '300X': expected a positive number"),
+        (["--macs", "10M,abc"], "MACs budget 'abc'"),
+        (["--latency", "20"], "argument --latency: latency budget '20': expected a positive duration"),
+        ([], "give a budget: --macs (e.g. 300M) and/or --latency (e.g. 20ms)"),
+        (["--macs", "1M"], "MACs budget 1.00M is below the smallest subnet's"),
+        (["--macs", "10M", "--predictor", "p.pt"], "--predictor needs --accuracy predictor"),
+        (["--macs", "10M", "--resolutions", "33"], "--resolutions [33] are not in ofa_mbv3_32's"),
+        (["--macs", "10M", "--population", "0"], "argument --population: expected a positive integer"),
+    ],
+)
+def test_search_bad_input_is_one_line_and_exit_2(tiny_run, capsys, extra, message):
+    err = _main_error(capsys, ["search", "--checkpoint", str(tiny_run), *extra])
+    assert message in err
+
+
+def test_budget_below_the_smallest_subnet_names_its_macs_in_the_cli(tiny_run, capsys):
+    net, _ = supernet_from_checkpoint(tiny_run)
+    least = net.macs(net.min_arch())
+    err = _main_error(capsys, ["search", "--checkpoint", str(tiny_run), "--macs", f"{(least - 1e5) / 1e6}M"])
+    assert f"below the smallest subnet's {least / 1e6:.2f}M MACs" in err and str(net.min_arch()) in err
+
+
+def test_a_predictor_of_another_space_is_refused(tiny_run, capsys, tmp_path):
+    spec = space_spec("ofa_mbv3_w1.0")
+    archs = [uniform_arch(spec, torch.Generator().manual_seed(i)) for i in range(4)]
+    predictor, _ = fit_predictor(
+        archs, [0.1, 0.2, 0.3, 0.4], ArchEncoder.for_space(spec), generator=torch.Generator(), epochs=1, hidden=8
+    )
+    path = predictor.save(tmp_path / "p.pt")
+    argv = ["search", "--checkpoint", str(tiny_run), "--macs", "20M", "--accuracy", "predictor", "--predictor"]
+    err = _main_error(capsys, [*argv, str(path)])
+    assert "predicts archs of space 'ofa_mbv3_w1.0', not 'ofa_mbv3_32'" in err
+
+
+@pytest.mark.parametrize("command", ["export", "eval"])
+@pytest.mark.parametrize(
+    "arch, message",
+    [
+        # a value the registered space has but this checkpoint's (restricted: kernel 7 only) space lacks
+        (Arch.from_ofa([3] * 20, [3] * 20, [2] * 5, space="ofa_mbv3_32"), "arch.ks has [3]; allowed values"),
+        (Arch.from_ofa([7] * 20, [3] * 20, [2] * 5), "arch belongs to space 'ofa_mbv3_w1.0', not 'ofa_mbv3_32'"),
+        ({"space": "ofa_mbv3_32", "ks": [9] * 20, "e": [3] * 20, "d": [2] * 5, "resolution": 32}, "arch.ks has [9]"),
+    ],
+)
+def test_an_arch_outside_the_space_is_one_clear_error(k7_run, tmp_path, capsys, command, arch, message):
+    path = tmp_path / "arch.json"
+    path.write_text(json.dumps(arch.to_dict() if isinstance(arch, Arch) else arch))
+    argv = ["--checkpoint", str(k7_run), "--arch", str(path)] + (
+        ["--out", str(path.parent / "x")] * (command == "export")
+    )
+    err = _main_error(capsys, [command, *argv])
+    assert message in err and str(path) in err
+
+
+def test_missing_arch_file_is_named(tiny_run, capsys, tmp_path):
+    err = _main_error(capsys, ["export", "--checkpoint", str(tiny_run), "--arch", "nope.json", "--out", str(tmp_path)])
+    assert "--arch 'nope.json' is neither max, min, an arch JSON file nor a JSON string" in err
+
+
+def test_a_checkpoint_whose_weights_are_of_another_space_is_one_clear_error(tmp_path, capsys, image_folder):
+    run = _tiny_checkpoint(tmp_path / "run", [*SEARCH_TINY, *image_folder])
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    other = create_supernet("ofa_proxyless_w1.3", num_classes=10)  # another space's weights
+    state["model"] = other.state_dict()
+    torch.save(state, run / "checkpoints" / "last.pt")
+    with pytest.raises(CheckpointError, match="do not fit the ofa_mbv3_32 supernet"):
+        supernet_from_checkpoint(run)
+    err = _main_error(capsys, ["search", "--checkpoint", str(run), "--macs", "10M"])
+    assert "e.g." in err and "trained on another space or width" in err
+
+
+def test_search_help_lists_the_budgets(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["search", "--help"])
+    out = capsys.readouterr().out
+    assert exc.value.code == 0 and "--macs" in out and "--latency" in out and "--accuracy {eval,predictor}" in out
