@@ -7,8 +7,9 @@ One table per benchmark group: a row per provider (``extra_info["provider"]``, e
 median, the interquartile range and the rounds, and the ratio of each median to the reference row's (``deps`` when
 present, else ``--reference``, else the first row): "× ref" > 1 means slower than the reference. Rows whose
 ``extra_info`` carries ``k`` with one provider also get a least-squares line ``t = a + b·k`` with its R² (the
-"step time linear in k" goal); a ``gbps`` entry is shown as achieved bandwidth. The heading of each section names
-the machine, date and versions from the JSON, so a table never loses where it was measured.
+"step time linear in k" goal) and, with ``plan_mmacs``, a line in the plan's MACs; a ``gbps`` entry is shown as
+achieved bandwidth. The heading of each section names the machine, date and versions from the JSON, so a table never
+loses where it was measured.
 
 With ``--update FILE --section NAME`` the text between ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->`` in FILE
 is replaced (the markers are appended at the end when absent); the rest of the file is kept as written by hand.
@@ -73,9 +74,9 @@ def linear_fit(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float, 
 
 
 def _fmt_time(seconds: float) -> str:
-    if seconds >= 1.0:
+    if abs(seconds) >= 1.0:
         return f"{seconds:,.3f} s"
-    if seconds >= 1e-3:
+    if abs(seconds) >= 1e-3:
         return f"{seconds * 1e3:,.2f} ms"
     return f"{seconds * 1e6:,.1f} µs"
 
@@ -102,11 +103,14 @@ def group_tables(data: dict[str, Any], reference: str | None = None) -> list[dic
         ref_median = rows[names.index(ref)]["median"]
         for r in rows:
             r["ratio"] = r["median"] / ref_median
-        table: dict[str, Any] = {"group": name, "reference": ref, "rows": rows, "fit": None}
+        table: dict[str, Any] = {"group": name, "reference": ref, "rows": rows, "fit": None, "mac_fit": None}
         ks = [r["extra"].get("k") for r in rows]
         providers = {r["extra"].get("provider") for r in rows}
         if len(rows) > 2 and all(isinstance(k, int | float) for k in ks) and len(providers) == 1:
             table["fit"] = linear_fit([float(k) for k in ks], [r["median"] for r in rows])
+            macs = [r["extra"].get("plan_mmacs") for r in rows]
+            if all(isinstance(m, int | float) for m in macs):  # sampled subnets differ in size: time vs work too
+                table["mac_fit"] = linear_fit([float(m) for m in macs], [r["median"] for r in rows])
         out.append(table)
     return out
 
@@ -159,6 +163,13 @@ def render(data: dict[str, Any], reference: str | None = None, rerun: str | None
         if table["fit"] is not None:
             a, b, r2 = table["fit"]
             lines += ["", f"Linear in k: t ≈ {_fmt_time(a)} + {_fmt_time(b)} · k, R² = {r2:.4f}"]
+            if table["mac_fit"] is not None:
+                a, b, r2 = table["mac_fit"]
+                lines += [
+                    "",
+                    f"Linear in the plan's MACs: t ≈ {_fmt_time(a)} + {_fmt_time(b * 100)} per 100 MMACs, "
+                    f"R² = {r2:.4f}",
+                ]
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 
