@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from deps_core import ops
 from deps_core.arch import Arch
 from deps_core.distill import LossConfig, term_loss
 from deps_core.spaces.base import mid_channels, se_channels
@@ -29,14 +30,7 @@ from deps_core.supernet import Supernet
 __all__ = ["OFAEagerNet", "eager_step"]
 
 
-def _act(x: Tensor, name: str) -> Tensor:
-    if name == "relu":
-        return F.relu(x)
-    if name == "h_swish":
-        return F.hardswish(x)
-    if name == "relu6":
-        return F.relu6(x)
-    return x
+_act = ops.activation  # the same activations as deps_core
 
 
 class DynamicConv2d(nn.Module):
