@@ -20,9 +20,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from bench.baselines._loop import backward_per_term
 from deps_core import ops
 from deps_core.arch import Arch
-from deps_core.distill import LossConfig, term_loss
+from deps_core.distill import LossConfig
 from deps_core.spaces.base import mid_channels, se_channels
 from deps_core.step import DEFAULT_LOSS
 from deps_core.supernet import Supernet
@@ -198,17 +199,12 @@ class OFAEagerNet(nn.Module):
 
 def eager_step(net: OFAEagerNet, terms, images: Tensor, labels: Tensor, loss_config: LossConfig = DEFAULT_LOSS):
     """One step the research-code way: per term, set the subnet, forward, ``(w · loss).backward()`` into ``.grad``."""
-    full_logits = None
-    losses = []
     for term in terms:
         if term.loss == "teacher_kd" or not term.update_bn_stats:
             raise ValueError("the eager baseline runs DεpS/OFA-style terms: no external teacher, BN statistics updated")
+
+    def forward(_j, term):
         net.set_active_subnet(term.arch, dropout=term.dropout)
-        logits = net(images)
-        target = full_logits if term.loss == "inplace_kd" else None
-        loss = term_loss(term.loss, logits, labels, target, loss_config)
-        (term.weight * loss).backward()
-        if term.role == "full":
-            full_logits = logits.detach()
-        losses.append(loss.detach())
-    return losses
+        return net(images)
+
+    return backward_per_term(terms, forward, labels, loss_config)

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
-from deps_core.distill import LossConfig, term_loss
+from bench.baselines._loop import backward_per_term
+from deps_core.distill import LossConfig
 from deps_core.export import StaticSubnet, extract_subnet
 from deps_core.step import DEFAULT_LOSS
 from deps_core.strategies import SubnetTerm
@@ -42,14 +43,4 @@ class StaticSubnets:
 
 def static_step(subnets: StaticSubnets, images: Tensor, labels: Tensor, loss_config: LossConfig = DEFAULT_LOSS):
     """Forward + weighted backward of every static subnet on the batch (in-place KD targets from the full one)."""
-    full_logits = None
-    losses = []
-    for term, net in zip(subnets.terms, subnets.nets):
-        logits = net(images)
-        target = full_logits if term.loss == "inplace_kd" else None
-        loss = term_loss(term.loss, logits, labels, target, loss_config)
-        (term.weight * loss).backward()
-        if term.role == "full":
-            full_logits = logits.detach()
-        losses.append(loss.detach())
-    return losses
+    return backward_per_term(subnets.terms, lambda j, _term: subnets.nets[j](images), labels, loss_config)
