@@ -422,13 +422,21 @@ def _cmd_search(args: argparse.Namespace) -> int:
     for b in budgets:
         if b.latency_ms is not None:
             check_budget(spec, b, resolutions=resolutions, num_classes=classes, latency_table=table)
-    calib, heldout, data_classes = search_splits(config, ctx.device, heldout_images=args.heldout_images)
+    heldout_images = args.heldout_images or min(2000, config.data.holdout or 2000)
+    calib, heldout, data_classes = search_splits(config, ctx.device, heldout_images=heldout_images)
+    if not config.data.holdout:
+        print(
+            f"note: the run held out no training images (data.holdout=0): the {heldout.num_images} held-out images "
+            "were trained on, so the accuracies are optimistic",
+            file=sys.stderr,
+        )
     if data_classes != classes:
         raise ValueError(f"the data has {data_classes} classes, the checkpoint's supernet {classes}")
     evaluator = EvalAccuracy(net, calib, heldout, amp=ctx.device.type == "cuda", progress=args.accuracy == "predictor")
     out.mkdir(parents=True, exist_ok=True)
     summary: dict = {"checkpoint": str(ckpt), "accuracy": args.accuracy, "resolutions": resolutions}
-    summary |= {"heldout_images": heldout.num_images, "calib_images": calib.num_images, "evolution": attrs.asdict(evo)}
+    summary |= {"heldout_images": heldout.num_images, "heldout_trained": not config.data.holdout}
+    summary |= {"calib_images": calib.num_images, "evolution": attrs.asdict(evo)}
     if args.accuracy == "predictor":
         if predictor is None:
             g = torch.Generator().manual_seed(args.seed + 1)
@@ -548,7 +556,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--predictor", help="a saved accuracy predictor (predictor.pt of an earlier search)")
     p.add_argument("--predictor-archs", type=_count, default=1000, help="uniform archs evaluated to fit the predictor")
     p.add_argument(
-        "--heldout-images", type=_positive, default=2000, help="training images held out to measure accuracy"
+        "--heldout-images",
+        type=_positive,
+        help="held-out training images to measure accuracy on (default 2,000, at most the run's data.holdout: the "
+        "images it never trained on; with data.holdout=0 they come from the trained images)",
     )
     p.add_argument("--resolutions", type=_int_list, help="searched resolutions (default: the trained ones)")
     p.add_argument("--population", type=_positive, help="population size (default: 100 with a predictor, 16 with eval)")

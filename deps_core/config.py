@@ -106,7 +106,9 @@ class DataConfig:
     ``source``: ``synthetic`` (the bundled generated dataset, ``synthetic_classes`` × ``synthetic_resolution``),
     ``beton`` (``train``/``val`` are .beton files) or ``imagefolder`` (torchvision fallback over folders).
     ``batch_size`` is global (split across ranks). ``resolution``: one size, or several for OFA's elastic resolution
-    (a per-batch draw).
+    (a per-batch draw). ``holdout``: training images kept out of training (drawn by a permutation seeded with
+    ``holdout_seed``, see :class:`deps_loaders.HoldOut`) for ``deps search --accuracy eval`` to measure accuracy on
+    images the supernet never trained on (OFA holds out 10,000 ImageNet training images); 0 trains on all of them.
     """
 
     source: str = attrs.field(default="synthetic", validator=_one_of(DATA_SOURCES))
@@ -128,6 +130,8 @@ class DataConfig:
     random_erasing: float = attrs.field(default=0.0, validator=_fraction)
     mixup_alpha: float = attrs.field(default=0.0, validator=_at_least(0.0))
     cutmix_alpha: float = attrs.field(default=0.0, validator=_at_least(0.0))
+    holdout: int = attrs.field(default=0, validator=_at_least(0))
+    holdout_seed: int = attrs.field(default=0, validator=_at_least(0))
 
     def __attrs_post_init__(self) -> None:
         if self.source != "synthetic" and (self.train is None or self.val is None):

@@ -1,10 +1,11 @@
 """Loaders for a run, built from its :class:`~deps_core.config.DataConfig` with ``deps_loaders``.
 
 - training: FFCV (``beton``, ``synthetic``) or torchvision (``imagefolder``), sharded across ranks, seeded crops;
+  without the ``data.holdout`` images when set (kept for search, :func:`search_splits`);
 - validation: centre crops, sharded across ranks (metrics are reduced);
 - calibration (BN recalibration before evaluation): the first ``run.calib_images`` images of a seeded random order of
-  the training set with training crops and no other augmentation, the same on every rank (OFA: 2,000 random
-  training images in batches of 200).
+  the training images (held-out ones excluded) with training crops and no other augmentation, the same on every
+  rank (OFA: 2,000 random training images in batches of 200).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import attrs
 from deps_core.config import ExperimentConfig
 from deps_core.distributed import DistContext
 
-__all__ = ["RunData", "build_data", "resolve_num_classes"]
+__all__ = ["RunData", "build_data", "resolve_num_classes", "search_splits", "train_holdout"]
 
 
 @attrs.frozen
@@ -64,6 +65,14 @@ def resolve_num_classes(config: ExperimentConfig, train_path: str | Path) -> int
     return len([p for p in Path(train_path).iterdir() if p.is_dir()])
 
 
+def train_holdout(config: ExperimentConfig, part: str = "rest"):
+    """``data.holdout`` as a :class:`deps_loaders.HoldOut` (``None`` when 0): ``"rest"`` trains, ``"held"`` searches."""
+    import deps_loaders as L
+
+    d = config.data
+    return L.HoldOut(d.holdout, seed=d.holdout_seed, part=part) if d.holdout else None
+
+
 def build_data(config: ExperimentConfig, ctx: DistContext) -> RunData:
     """Train, validation and calibration loaders for ``config`` on this rank."""
     import deps_loaders as L
@@ -98,11 +107,14 @@ def build_data(config: ExperimentConfig, ctx: DistContext) -> RunData:
     common = dict(device=ctx.device, num_workers=workers, num_classes=num_classes)
     dist = dict(distributed=ctx.distributed, rank=ctx.rank, world_size=ctx.world_size)
     per_rank = d.batch_size // ctx.world_size
+    common["holdout"] = train_holdout(config)  # training and calibration never see the held-out images
     if d.source == "imagefolder":
         train = L.torchvision_train_loader(
             train_path, per_rank, resolution=resolution, seed=run.seed, scale=d.scale, augment=augment, **dist, **common
         )
-        val = L.torchvision_val_loader(val_path, d.val_batch_size, resolution=val_res, **dist, **common)
+        val = L.torchvision_val_loader(
+            val_path, d.val_batch_size, resolution=val_res, **dist, **(common | {"holdout": None})
+        )
         calib = L.torchvision_train_loader(
             train_path, run.calib_batch, resolution=val_res, seed=run.seed + 1, scale=d.scale, **common
         )
@@ -110,7 +122,14 @@ def build_data(config: ExperimentConfig, ctx: DistContext) -> RunData:
         train = L.train_loader(
             train_path, per_rank, resolution=resolution, seed=run.seed, scale=d.scale, augment=augment, **dist, **common
         )
-        val = L.val_loader(val_path, d.val_batch_size, resolution=val_res, crop_ratio=crop_ratio, **dist, **common)
+        val = L.val_loader(
+            val_path,
+            d.val_batch_size,
+            resolution=val_res,
+            crop_ratio=crop_ratio,
+            **dist,
+            **(common | {"holdout": None}),
+        )
         calib = L.train_loader(
             train_path, run.calib_batch, resolution=val_res, seed=run.seed + 1, scale=d.scale, drop_last=False, **common
         )
@@ -118,13 +137,16 @@ def build_data(config: ExperimentConfig, ctx: DistContext) -> RunData:
 
 
 def search_splits(config: ExperimentConfig, device, *, heldout_images: int):
-    """``(calibration, held-out)`` :class:`~deps_core.evaluate.CachedBatches` from the training set for search.
+    """``(calibration, held-out, num_classes)``: :class:`~deps_core.evaluate.CachedBatches` from the training set.
 
-    Both come from the calibration loader's seeded order of the training images: the first ``run.calib_images``
-    calibrate BN (training crops, as for every evaluation), the next ``heldout_images`` measure accuracy with the full
-    centre square of each image and no flip (OFA likewise searches on a split of the training set, keeping the
-    validation set for the final report). The split is disjoint from the calibration images; it is held out from the
-    search only — the supernet may have trained on it.
+    Calibration: the first ``run.calib_images`` of the calibration loader's seeded order (training crops, as for
+    every evaluation). Held-out: ``heldout_images`` images evaluated on the full centre square of each image, no flip
+    (OFA likewise searches on a split of the training set and keeps the validation set for the final report):
+
+    - with ``data.holdout`` > 0, images the run kept out of training (the ``"held"`` part of its
+      :class:`deps_loaders.HoldOut`; at most ``data.holdout`` of them);
+    - with ``data.holdout`` = 0, the next images of the calibration order (disjoint from the calibration images, but
+      the supernet trained on them: the accuracies are optimistic; ``heldout_trained`` in the summary says so).
     """
     import deps_loaders as L
 
@@ -133,6 +155,11 @@ def search_splits(config: ExperimentConfig, device, *, heldout_images: int):
     d, run = config.data, config.run
     if heldout_images < 1:
         raise ValueError(f"the held-out split needs at least one image; got {heldout_images}")
+    if d.holdout and heldout_images > d.holdout:
+        raise ValueError(
+            f"{heldout_images} held-out images asked for, but the run held out data.holdout={d.holdout} training "
+            f"images; ask for at most {d.holdout}"
+        )
     ctx = DistContext(device=device)
     data = build_data(config, ctx)
     calib = CachedBatches.from_loader(data.calib.epoch(0), max_images=run.calib_images, batch_size=run.calib_batch)
@@ -148,12 +175,15 @@ def search_splits(config: ExperimentConfig, device, *, heldout_images: int):
         flip=False,
         drop_last=False,
     )
+    held = train_holdout(config, "held")
     if d.source == "imagefolder":
-        loader = L.torchvision_train_loader(data.train_path, run.calib_batch, **common)
+        loader = L.torchvision_train_loader(data.train_path, run.calib_batch, holdout=held, **common)
     else:
-        loader = L.train_loader(data.train_path, run.calib_batch, **common)
+        loader = L.train_loader(data.train_path, run.calib_batch, holdout=held, **common)
     skip = -(-run.calib_images // run.calib_batch)  # whole batches, so no calibration image is evaluated
-    if skip >= len(loader):
+    if held is not None:
+        skip = 0
+    elif skip >= len(loader):
         raise ValueError(
             f"the training set ({loader.dataset_size} images) has none left for a held-out split after the "
             f"{run.calib_images} calibration images; lower run.calib_images"

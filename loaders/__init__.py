@@ -15,6 +15,7 @@ from deps_loaders.base import EpochIterator, ImageLoader, LoaderOptions
 from deps_loaders.beton import BetonError, BetonInfo, inspect_beton
 from deps_loaders.fallback import TorchvisionImageLoader, torchvision_train_loader, torchvision_val_loader
 from deps_loaders.ffcv_loaders import FFCVImageLoader, train_loader, val_loader
+from deps_loaders.orders import HoldOut
 from deps_loaders.resolution import ElasticResolution, FixedResolution, ProgressiveResolution, Resolution
 from deps_loaders.synthetic import (
     SyntheticSpec,
@@ -40,6 +41,7 @@ __all__ = [
     "FFCVImageLoader",
     "FFCVUnavailableError",
     "FixedResolution",
+    "HoldOut",
     "ImageLoader",
     "LoaderOptions",
     "ProgressiveResolution",

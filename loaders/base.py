@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from deps_loaders.augment import IMAGENET_MEAN, IMAGENET_STD, Augment, BatchTransform
 from deps_loaders.crops import center_crop_boxes, flips, random_resized_crop_boxes
-from deps_loaders.orders import ORDERS, batches_of, epoch_order, num_batches, shard
+from deps_loaders.orders import ORDERS, HoldOut, batches_of, epoch_order, num_batches, shard
 from deps_loaders.resolution import Resolution, as_resolution
 
 __all__ = ["EpochIterator", "ImageLoader", "LoaderOptions", "default_num_workers", "rank_and_world"]
@@ -86,6 +86,7 @@ class LoaderOptions:
     channels_last: bool = True
     dtype: torch.dtype = torch.float32
     batches_ahead: int = attrs.field(default=3, validator=_positive)
+    holdout: HoldOut | None = None
 
     def __attrs_post_init__(self) -> None:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int | np.integer) or not 0 <= self.seed < 2**63:
@@ -96,6 +97,8 @@ class LoaderOptions:
             raise ValueError("order: 'quasi_random' is not available with distributed loading (FFCV); use 'random'")
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank: {self.rank!r} must be in [0, world_size={self.world_size})")
+        if self.holdout is not None and not isinstance(self.holdout, HoldOut):
+            raise ValueError(f"holdout: {self.holdout!r} must be a deps_loaders.HoldOut or None")
         if not 0 < self.crop_ratio <= 1:
             raise ValueError(f"crop_ratio: {self.crop_ratio!r} must be in (0, 1]")
         if self.num_classes is not None and (isinstance(self.num_classes, bool) or self.num_classes < 1):
@@ -184,18 +187,23 @@ class ImageLoader(abc.ABC):
     Iterating runs epoch 0, 1, 2, …; ``set_epoch(e)`` (e.g. after resuming) chooses the next one, and
     ``epoch(e, start_step=s)`` runs epoch ``e`` from batch ``s`` on, yielding exactly the batches an uninterrupted
     run would have yielded there. One epoch runs at a time: starting one closes the previous unfinished one.
+    ``dataset_size`` counts the samples in the file, ``num_samples`` those this loader visits (fewer with a
+    :class:`~deps_loaders.orders.HoldOut`).
     """
 
     def __init__(self, options: LoaderOptions, num_samples: int):
         self.options = options
         self.dataset_size = num_samples
+        # the samples this loader visits: all, or one part of a hold-out split
+        self._subset = options.holdout.indices(num_samples) if options.holdout is not None else None
+        self.num_samples = num_samples if self._subset is None else len(self._subset)
         self._next_epoch = 0
         self._active: weakref.ref | None = None
         self._transform = options.transform()
 
     def __len__(self) -> int:
         o = self.options
-        return num_batches(self.dataset_size, o.batch_size, o.rank, o.world_size, o.drop_last)
+        return num_batches(self.num_samples, o.batch_size, o.rank, o.world_size, o.drop_last)
 
     @property
     def batch_size(self) -> int:
@@ -233,7 +241,8 @@ class ImageLoader(abc.ABC):
         return it
 
     def _order(self, epoch: int) -> np.ndarray:
-        return epoch_order(self.dataset_size, self.options.order, self.options.seed, epoch)
+        order = epoch_order(self.num_samples, self.options.order, self.options.seed, epoch)
+        return order if self._subset is None else self._subset[order.astype(np.int64)]
 
     @abc.abstractmethod
     def _run(self, epoch: int, batches: Sequence[np.ndarray], start_step: int) -> EpochIterator: ...

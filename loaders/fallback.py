@@ -22,6 +22,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from deps_loaders.augment import IMAGENET_MEAN, IMAGENET_STD, Augment
 from deps_loaders.base import EpochIterator, ImageLoader, LoaderOptions, default_num_workers, rank_and_world
+from deps_loaders.orders import HoldOut
 from deps_loaders.resolution import Resolution
 from deps_loaders.writer import image_folder_samples
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -149,6 +150,7 @@ def torchvision_train_loader(
     channels_last: bool = True,
     dtype: torch.dtype = torch.float32,
     batches_ahead: int = 2,
+    holdout: HoldOut | None = None,
 ) -> TorchvisionImageLoader:
     """:func:`deps_loaders.train_loader` over an ImageFolder ``root`` (``num_workers`` processes; 0 decodes inline).
 
@@ -177,6 +179,7 @@ def torchvision_train_loader(
         channels_last=channels_last,
         dtype=dtype,
         batches_ahead=batches_ahead,
+        holdout=holdout,
     )
     return TorchvisionImageLoader(root, options, classes=classes)
 
@@ -200,6 +203,7 @@ def torchvision_val_loader(
     channels_last: bool = True,
     dtype: torch.dtype = torch.float32,
     batches_ahead: int = 2,
+    holdout: HoldOut | None = None,
 ) -> TorchvisionImageLoader:
     """:func:`deps_loaders.val_loader` over an ImageFolder ``root``."""
     options = _options(
@@ -221,5 +225,6 @@ def torchvision_val_loader(
         channels_last=channels_last,
         dtype=dtype,
         batches_ahead=batches_ahead,
+        holdout=holdout,
     )
     return TorchvisionImageLoader(root, options, classes=classes)

@@ -26,6 +26,7 @@ from deps_loaders.augment import IMAGENET_MEAN, IMAGENET_STD, Augment
 from deps_loaders.base import EpochIterator, ImageLoader, LoaderOptions, default_num_workers, rank_and_world
 from deps_loaders.beton import BetonError, BetonInfo, inspect_beton
 from deps_loaders.crops import PARAM_COLUMNS, STATUS
+from deps_loaders.orders import HoldOut
 from deps_loaders.resolution import Resolution
 
 __all__ = ["FFCVImageLoader", "train_loader", "val_loader"]
@@ -73,7 +74,8 @@ class FFCVImageLoader(ImageLoader):
     def _order(self, epoch: int) -> np.ndarray:
         if self.options.order == "quasi_random":
             # FFCV's page-aware shuffle (seeded by seed and epoch) for datasets read from disk without the OS cache
-            return np.asarray(self._ffcv.traversal_order.sample_order(epoch), dtype=np.uint64)
+            order = np.asarray(self._ffcv.traversal_order.sample_order(epoch), dtype=np.uint64)
+            return order if self._subset is None else order[np.isin(order, self._subset)]
         return super()._order(epoch)
 
     def _run(self, epoch: int, batches: Sequence[np.ndarray], start_step: int) -> EpochIterator:
@@ -176,6 +178,7 @@ def train_loader(
     channels_last: bool = True,
     dtype: torch.dtype = torch.float32,
     batches_ahead: int = 3,
+    holdout: HoldOut | None = None,
 ) -> FFCVImageLoader:
     """FFCV training loader over the ``image``/``label`` .beton at ``path`` (ffcv-imagenet's train pipeline).
 
@@ -194,6 +197,8 @@ def train_loader(
       FFCV's per-process page cache.
     - ``num_workers``: decoding threads (default: the cores available to this process).
     - ``num_classes``: if given, every label must lie in [0, num_classes) (checked when the loader is built).
+    - ``holdout``: a :class:`~deps_loaders.HoldOut` — visit all samples but its held-out ones (``part="rest"``, for
+      training) or only those (``part="held"``, e.g. to search on images the supernet never trained on).
     """
     r, w = rank_and_world(distributed, rank, world_size)
     options = LoaderOptions(
@@ -217,6 +222,7 @@ def train_loader(
         channels_last=channels_last,
         dtype=dtype,
         batches_ahead=batches_ahead,
+        holdout=holdout,
     )
     return FFCVImageLoader(path, options, os_cache=os_cache)
 
@@ -240,11 +246,13 @@ def val_loader(
     channels_last: bool = True,
     dtype: torch.dtype = torch.float32,
     batches_ahead: int = 3,
+    holdout: HoldOut | None = None,
 ) -> FFCVImageLoader:
     """FFCV evaluation loader: torchvision's ``Resize(R / crop_ratio)`` + ``CenterCrop(R)`` in one decode, file order.
 
     Yields ``(images, labels)`` as :func:`train_loader` without augmentation. With ``distributed`` each rank gets
-    every ``world_size``-th sample (no padding, no overlap; shard sizes differ by at most one).
+    every ``world_size``-th sample (no padding, no overlap; shard sizes differ by at most one). ``holdout``: as for
+    :func:`train_loader` (e.g. centre crops of the held-out part of a training file).
     """
     r, w = rank_and_world(distributed, rank, world_size)
     options = LoaderOptions(
@@ -265,5 +273,6 @@ def val_loader(
         channels_last=channels_last,
         dtype=dtype,
         batches_ahead=batches_ahead,
+        holdout=holdout,
     )
     return FFCVImageLoader(path, options, os_cache=os_cache)

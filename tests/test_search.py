@@ -328,6 +328,44 @@ def _deps(*args: str) -> list[str]:
     return [sys.executable, "-m", "deps_core.cli", *args]
 
 
+def test_a_holdout_is_kept_out_of_training_and_calibration_and_is_what_search_evaluates(image_folder):
+    import deps_loaders as L
+
+    from deps_core.data import build_data, search_splits, train_holdout
+    from deps_core.distributed import DistContext
+
+    config = apply_overrides(load_preset("default"), [*SEARCH_TINY, *image_folder, "data.holdout=16"])
+    held = train_holdout(config, "held").indices(80)
+    data = build_data(config, DistContext(device=torch.device("cpu")))
+    assert data.train.num_samples == data.calib.num_samples == 64 and len(data.val.indices(0)) == 40
+    for epoch in range(3):
+        assert not set(data.train.indices(epoch).tolist()) & set(held.tolist())
+    assert not set(data.calib.indices(0).tolist()) & set(held.tolist())
+
+    calib, heldout, classes = search_splits(config, torch.device("cpu"), heldout_images=16)
+    assert classes == 10 and calib.num_images == 32 and heldout.num_images == 16
+    # which images: each held-out image is, pixel for pixel, the full-square view of one held-out training image
+    res = config.data.val_resolution or max(config.data.resolution)
+    everything = L.torchvision_train_loader(
+        data.train_path, 80, resolution=res, seed=0, num_workers=0, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip=False,
+        drop_last=False,
+    )  # fmt: skip
+    (x_all, y_all), order = next(iter(everything)), everything.indices(0).astype(int)
+    x_held = torch.cat([x for x, _ in heldout.at(res)])
+    y_held = torch.cat([y for _, y in heldout.at(res)])
+    matched = []
+    for x, y in zip(x_held, y_held):
+        same = [i for i, xa in zip(order, x_all) if torch.equal(xa, x)]
+        assert len(same) == 1 and y_all[order.tolist().index(same[0])] == y
+        matched += same
+    assert sorted(matched) == held.tolist()
+    with pytest.raises(ValueError, match="17 held-out images asked for, but the run held out data.holdout=16"):
+        search_splits(config, torch.device("cpu"), heldout_images=17)
+    too_many = apply_overrides(config, ["data.holdout=80"])
+    with pytest.raises(ValueError, match="80 samples held out of a dataset of 80 leaves none to train on"):
+        build_data(too_many, DistContext(device=torch.device("cpu")))
+
+
 def test_search_command_writes_arch_files_that_export_accepts(tiny_run, env, tmp_path, capsys):
     net, _ = supernet_from_checkpoint(tiny_run)
     lo, hi = net.macs(net.min_arch()), net.macs(net.max_arch())
@@ -343,6 +381,7 @@ def test_search_command_writes_arch_files_that_export_accepts(tiny_run, env, tmp
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "search.json").read_text())
     assert summary["accuracy"] == "eval" and summary["heldout_images"] == 32 and summary["calib_images"] == 32
+    assert summary["heldout_trained"] and "were trained on, so the accuracies are optimistic" in proc.stderr
     assert len(summary["results"]) == 2
     for r, budget in zip(summary["results"], budgets):
         arch = Arch.from_dict(json.loads(Path(r["arch_file"]).read_text()))

@@ -12,6 +12,7 @@ import torchvision.transforms.v2 as T
 from deps_loaders import (
     Augment,
     ElasticResolution,
+    HoldOut,
     ProgressiveResolution,
     torchvision_train_loader,
     torchvision_val_loader,
@@ -182,6 +183,57 @@ def test_quasi_random_order_without_os_cache(raw_beton):
     assert len(ys) == 10 and sorted(loader.indices(0).tolist()) == list(range(200))
 
 
+def test_holdout_split_is_a_seeded_partition():
+    n = 200
+    held = HoldOut(30, seed=5, part="held").indices(n)
+    rest = HoldOut(30, seed=5).indices(n)
+    assert len(held) == 30 and len(rest) == 170 and not set(held.tolist()) & set(rest.tolist())
+    assert sorted(held.tolist() + rest.tolist()) == list(range(n))
+    np.testing.assert_array_equal(held, HoldOut(30, seed=5, part="held").indices(n))  # a pure function
+    assert not np.array_equal(held, HoldOut(30, seed=6, part="held").indices(n))
+    assert held.tolist() != list(range(30))  # drawn, not the first samples of the file (they may be one class)
+    with pytest.raises(ValueError, match="200 samples held out of a dataset of 200 leaves none to train on"):
+        HoldOut(200).indices(n)
+    for bad, match in (
+        (dict(count=0), "count"),
+        (dict(count=3, part="test"), "part"),
+        (dict(count=3, seed=-1), "seed"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            HoldOut(**bad)
+    with pytest.raises(ValueError, match="holdout"):
+        train_loader("unused.beton", 8, holdout=30)
+
+
+def test_loaders_visit_only_their_part_of_a_holdout(raw_beton, square_arrays):
+    images, labels = square_arrays
+    rest, held = HoldOut(30, seed=5), HoldOut(30, seed=5, part="held")
+    kw = dict(resolution=32, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip=False, dtype=torch.uint8, num_workers=1)
+    train = train_loader(raw_beton, 16, holdout=rest, **kw)
+    assert train.dataset_size == 200 and train.num_samples == 170 and len(train) == 170 // 16
+    for epoch in range(2):  # each epoch a new order of the same 170 samples; the pixels are those samples'
+        x, y = map(torch.cat, zip(*_collect(train.epoch(epoch))))
+        order = train.indices(epoch).astype(np.int64)
+        assert len(order) == 160 and set(order.tolist()) <= set(rest.indices(200).tolist())
+        np.testing.assert_array_equal(x.permute(0, 2, 3, 1).numpy(), images[order])
+        np.testing.assert_array_equal(y.numpy(), labels[order])
+    assert not np.array_equal(train.indices(0), train.indices(1))
+    search = train_loader(raw_beton, 16, holdout=held, drop_last=False, **kw)
+    x = torch.cat([x for x, _ in search])
+    assert len(search) == 2 and sorted(search.indices(0).tolist()) == held.indices(200).tolist()
+    np.testing.assert_array_equal(x.permute(0, 2, 3, 1).numpy(), images[search.indices(0).astype(np.int64)])
+    val = val_loader(raw_beton, 16, resolution=32, holdout=held, num_workers=1)
+    assert val.indices(0).tolist() == held.indices(200).tolist()  # file order
+    # ranks split the training part without overlap; FFCV's quasi-random order is filtered to it
+    parts = [train_loader(raw_beton, 8, holdout=rest, distributed=True, rank=r, world_size=2, **kw) for r in (0, 1)]
+    a, b = (set(p.indices(0).tolist()) for p in parts)
+    assert not a & b and len(a) == len(b) == 80 and a | b <= set(rest.indices(200).tolist())
+    quasi = train_loader(raw_beton, 10, holdout=rest, order="quasi_random", os_cache=False, num_workers=1)
+    assert sorted(quasi.indices(0).tolist()) == rest.indices(200).tolist()
+    with pytest.raises(ValueError, match="leaves none to train on"):
+        train_loader(raw_beton, 8, holdout=HoldOut(250), num_workers=1)
+
+
 def test_breaking_out_early_leaves_no_thread(raw_beton, epoch_threads):
     loader = train_loader(raw_beton, 8, resolution=32, num_workers=1, batches_ahead=2)
     for i, _ in enumerate(loader):
@@ -259,6 +311,13 @@ def test_fallback_is_reproducible_and_shards(jpeg_folder):
         if i == 1:
             break
     assert len(list(loader)) == len(loader) == 8  # the next epoch runs in full after an early break
+    rest = HoldOut(10, seed=2)
+    held = torchvision_val_loader(
+        jpeg_folder, 8, resolution=24, num_workers=0, holdout=HoldOut(10, seed=2, part="held")
+    )
+    train = torchvision_train_loader(jpeg_folder, 8, holdout=rest, **kw)
+    assert len(train) == 54 // 8 and set(train.indices(0).tolist()) <= set(rest.indices(64).tolist())
+    assert sum(len(y) for _, y in held) == 10 and held.indices(0).tolist() == rest.held(64).tolist()
 
 
 @pytest.mark.gpu
