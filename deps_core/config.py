@@ -196,7 +196,13 @@ class MethodConfig:
 
 @attrs.frozen
 class RunConfig:
-    """Run-level settings: seed, output directory, device and precision, checkpoints, logging, final evaluation."""
+    """Run-level settings: seed, output directory, device and precision, checkpoints, logging, final evaluation.
+
+    ``dw_backend``: the depthwise convolution (``auto``: the Triton kernel on CUDA, torch elsewhere).
+    ``fuse_dw_grad``: with the Triton backend, the depthwise weight-gradient kernel adds each term's ε-weighted
+    gradient straight into the accumulator (see :func:`deps_core.step.functional_step`); off by default until its
+    speed has been measured on a GPU (bench/RESULTS.md).
+    """
 
     seed: int = attrs.field(default=0, validator=_at_least(0))
     out_dir: str = "runs/default"
@@ -207,6 +213,7 @@ class RunConfig:
     checkpoint_every: int = attrs.field(default=500, validator=_at_least(1))
     log_every: int = attrs.field(default=10, validator=_at_least(1))
     dw_backend: str = attrs.field(default="auto", validator=_one_of(("auto", "torch", "triton")))
+    fuse_dw_grad: bool = False
     tensorboard: bool = False
     wandb: bool = False
     progress: bool = True
@@ -214,6 +221,13 @@ class RunConfig:
     eval_buckets: int = attrs.field(default=6, validator=_at_least(1))
     calib_images: int = attrs.field(default=2000, validator=_at_least(1))
     calib_batch: int = attrs.field(default=200, validator=_at_least(1))
+
+    def __attrs_post_init__(self) -> None:
+        if self.fuse_dw_grad and (self.dw_backend == "torch" or self.device == "cpu" and self.dw_backend == "auto"):
+            raise ValueError(
+                f"run.fuse_dw_grad needs the Triton depthwise backend; run.dw_backend={self.dw_backend!r} on device "
+                f"{self.device!r} is torch"
+            )
 
 
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "method": MethodConfig, "run": RunConfig}

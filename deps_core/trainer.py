@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from deps_core import ops
 from deps_core.accumulate import GradAccumulator
 from deps_core.checkpoint import load_checkpoint, save_checkpoint
 from deps_core.config import ExperimentConfig
@@ -189,6 +190,12 @@ class Trainer:
         cuda = self.device.type == "cuda"
         self.amp = cuda if run.amp == "auto" else run.amp == "bf16"
         self.channels_last = cuda if run.channels_last == "auto" else run.channels_last == "on"
+        backend = ops.resolve_depthwise_backend(run.dw_backend, torch.empty(0, device=self.device))
+        if run.fuse_dw_grad and backend != "triton":
+            raise ValueError(
+                f"run.fuse_dw_grad needs the Triton depthwise backend; run.dw_backend={run.dw_backend!r} resolves to "
+                f"{backend} on {self.device}"
+            )
         self.teacher: FrozenTeacher | None = None
         self.reorganized: list[str] = []
         self.epoch, self.step = 0, 0
@@ -258,6 +265,7 @@ class Trainer:
                     loss_config=self.loss_config,
                     teacher_logits=teacher_logits,
                     dw_backend=self.config.run.dw_backend,
+                    fuse_dw_grad=self.config.run.fuse_dw_grad,
                 )
             if m > 0:
                 self.accumulator.flat.add_(target.flat)

@@ -11,6 +11,7 @@ from deps_core.evaluate import (
     ArchResult,
     CachedBatches,
     calibrate_bn,
+    evaluate,
     mean_pareto_accuracy,
     pareto_buckets,
 )
@@ -75,6 +76,29 @@ def test_calibration_equals_cumulative_bn_of_the_static_subnet_and_leaves_other_
     with torch.no_grad():  # put the module-scoped fixture back
         for k, v in net64.named_buffers():
             v.copy_(before[k])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_bf16_calibration_and_evaluation_on_cuda_agree_with_float64_on_the_cpu(net64):
+    import copy
+
+    g = torch.Generator().manual_seed(5)
+    arch = uniform_arch(net64.spec, g)
+    calib = [(torch.randn(32, 3, 32, 32, generator=g, dtype=torch.float64), torch.zeros(32)) for _ in range(2)]
+    images = torch.randn(64, 3, 32, 32, generator=g, dtype=torch.float64)
+    ref = copy.deepcopy(net64)
+    calibrate_bn(ref, arch, CachedBatches(calib))
+    ref.eval()
+    with torch.no_grad():
+        labels = ref(images, arch).argmax(1)  # the float64 model's predictions: its top-1 is 1 by construction
+    gpu = copy.deepcopy(net64).float().cuda()
+    calibrate_bn(gpu, arch, CachedBatches([(x.float().cuda(), y) for x, y in calib]), amp=True)
+    for (name, a), (_, b) in zip(ref.named_buffers(), gpu.named_buffers()):
+        if name.endswith(("running_mean", "running_var")):
+            torch.testing.assert_close(b.double().cpu(), a, rtol=5e-2, atol=5e-2, msg=name)  # bf16 activations
+    r = evaluate(gpu, arch, [(images.float().cuda(), labels.cuda())], amp=True)
+    assert r["top1"] >= 0.9 and r["top5"] >= r["top1"]
 
 
 def test_empty_calibration_sets_are_clear_errors(net64):

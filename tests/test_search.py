@@ -216,6 +216,21 @@ def test_latency_table_is_lazy_round_trips_and_tracks_measured_latency(tmp_path)
         LatencyTable("cpu", batch_size=4, path=path)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_latency_table_on_cuda_tracks_measured_latency(tmp_path):
+    net = create_supernet("ofa_mbv3_32", num_classes=10, width_mult=0.25).eval().cuda()
+    small, large = net.min_arch(), net.max_arch()
+    table = LatencyTable("cuda", batch_size=16, warmup=10, repeats=30, path=tmp_path / "lut.json")
+    predicted = {a: table.predict(net.spec, a, 10) for a in (small, large)}
+    measured = {a: measure_subnet_latency(net, a, batch_size=16, warmup=10, repeats=30) for a in (small, large)}
+    assert table.meta["device"].startswith("cuda: ") and table.measured == len(table) > 0
+    # launch-bound at this size: each block measured alone pays its own synchronization, so the sum runs high
+    assert predicted[small] < predicted[large] and measured[small] < measured[large]
+    for a in (small, large):
+        assert 1 / 5 < predicted[a] / measured[a] < 5, (predicted, measured)
+
+
 # --- predictor --------------------------------------------------------------------------------------------------------
 
 
