@@ -136,6 +136,11 @@ class DataConfig:
     def __attrs_post_init__(self) -> None:
         if self.source != "synthetic" and (self.train is None or self.val is None):
             raise ValueError(f"data.train and data.val are required for source {self.source!r}")
+        if self.source == "synthetic" and self.holdout >= self.synthetic_train_size:
+            raise ValueError(
+                f"data.holdout={self.holdout} holds out all {self.synthetic_train_size} synthetic training images "
+                "(data.synthetic_train_size); hold out fewer"
+            )
         if not self.resolution or any(r < 8 for r in self.resolution):
             raise ValueError(f"resolution must be one or more sizes >= 8; got {self.resolution}")
         if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1] <= 1:
