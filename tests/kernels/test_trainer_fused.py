@@ -67,8 +67,11 @@ def test_fused_trainer_steps_equal_the_torch_backend(device):
         records.append([trainer.train_step(x, y) for x, y in batches])
     for a, b in zip(*records):
         assert a["_terms"] == b["_terms"] == 3 and a["epsilon"] == b["epsilon"]
+        # the losses agree to fp32 rounding as amplified by this net: the first full-model loss is a forward pass
+        # alone, and the two depthwise paths' rounding already moves it by 1.3e-5 relative with 2 oneDNN threads
+        # (under 1e-5 with 1); a wrong ε, term or window moves the later losses by orders of magnitude more
         for key in a["losses"]:
-            assert a["losses"][key] == pytest.approx(b["losses"][key], rel=1e-5), key
+            assert a["losses"][key] == pytest.approx(b["losses"][key], rel=1e-4), key
     # compare the updates: fp32 on this tiny net (BN over 4 samples at 1×1 in the last stages) is ill-conditioned,
     # so the two backends' rounding differs by ~1e-4 relative in the gradients; a wrong ε, term or window is O(1)
     # (updates below 1e-6 are rounding noise: e.g. a BN bias followed by BN has a zero gradient)
