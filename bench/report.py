@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 from collections.abc import Sequence
@@ -58,6 +59,14 @@ def _provider(bench: dict[str, Any]) -> str:
     return str(bench.get("param") or bench.get("name"))
 
 
+def _ops(bench: dict[str, Any]) -> int:
+    """Passes per timed call (``extra_info["ops_per_call"]``, default 1): every time shown is per pass."""
+    ops = (bench.get("extra_info") or {}).get("ops_per_call", 1)
+    if not isinstance(ops, int) or ops < 1:
+        raise ReportError(f"{bench.get('name')}: ops_per_call must be a positive integer; got {ops!r}")
+    return ops
+
+
 def linear_fit(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float, float]:
     """Least squares ``y = a + b·x``: returns ``(a, b, R²)``."""
     n = len(xs)
@@ -91,8 +100,8 @@ def group_tables(data: dict[str, Any], reference: str | None = None) -> list[dic
         rows = [
             {
                 "provider": _provider(b),
-                "median": b["stats"]["median"],
-                "iqr": b["stats"].get("iqr", 0.0),
+                "median": b["stats"]["median"] / _ops(b),
+                "iqr": b["stats"].get("iqr", 0.0) / _ops(b),
                 "rounds": b["stats"]["rounds"],
                 "extra": b.get("extra_info") or {},
             }
@@ -174,6 +183,107 @@ def render(data: dict[str, Any], reference: str | None = None, rerun: str | None
     return "\n".join(lines).rstrip() + "\n"
 
 
+DWCONV_GOALS = {"speedup": 1.5, "roofline": 0.6}  # the kernels issue: fwd+bwd ≥ 1.5× cuDNN's best, ≥ 60 % of copy BW
+
+
+def dwconv_summary(data: dict[str, Any], copy_gbps: float | None = None) -> list[dict[str, Any]]:
+    """One row per (dtype, pass, layer, K) of ``bench/test_bench_dwconv.py``: per-pass medians of ours and torch in
+    each layout, ``speedup`` = torch's best layout / ours' best layout, ours' best GB/s (minimal bytes, each activation
+    read and written once) and, with the device's measured copy bandwidth, its share of it (``roofline``)."""
+    cells: dict[tuple, dict[str, Any]] = {}
+    for b in data["benchmarks"]:
+        e = b.get("extra_info") or {}
+        if e.get("subject") != "dwconv":
+            continue
+        key = (e["dtype"], e["pass_"], e["layer"], e["kernel"])
+        row = cells.setdefault(key, {"dtype": key[0], "pass": key[1], "layer": key[2], "k": key[3], "times": {}})
+        row["times"][(e["provider"], e["layout"])] = b["stats"]["median"] / _ops(b)
+        row["bytes"] = e["minimal_bytes"]
+    rows = []
+    for row in cells.values():
+        ours = {lay: t for (p, lay), t in row["times"].items() if p == "ours"}
+        torch_ = {lay: t for (p, lay), t in row["times"].items() if p == "torch"}
+        if not ours or not torch_:
+            continue
+        best_ours, best_torch = min(ours, key=ours.get), min(torch_, key=torch_.get)
+        gbps = row["bytes"] / ours[best_ours] / 1e9
+        row.update(
+            ours=ours,
+            torch=torch_,
+            best_ours=best_ours,
+            best_torch=best_torch,
+            speedup=torch_[best_torch] / ours[best_ours],
+            gbps=gbps,
+            roofline=gbps / copy_gbps if copy_gbps else None,
+        )
+        rows.append(row)
+    order = {"fwd": 0, "bwd": 1, "fwd_bwd": 2}
+    rows.sort(key=lambda r: (r["dtype"], order.get(r["pass"], 9), r["layer"], r["k"]))
+    return rows
+
+
+def render_dwconv(data: dict[str, Any], copy_gbps: float | None = None) -> str:
+    """The depthwise-kernel summary: per (dtype, pass) a geometric-mean speedup and the goal counts, then the rows."""
+    rows = dwconv_summary(data, copy_gbps)
+    if not rows:
+        raise ReportError("no dwconv benchmarks with both providers (extra_info subject 'dwconv', ours and torch)")
+    layouts = ("nchw", "channels_last")
+    lines = [f"*{_heading(data)}*", ""]
+    if copy_gbps:
+        lines += [f"Roofline: the device's measured copy bandwidth, {copy_gbps:,.0f} GB/s (bytes read + written).", ""]
+    lines += [
+        "| dtype | pass | cases | geomean speedup vs cuDNN's best | ≥ 1.5× | ≥ 60 % roofline |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["dtype"], r["pass"]), []).append(r)
+    for (dtype, pass_), rs in groups.items():
+        geo = 2 ** (sum(math.log2(r["speedup"]) for r in rs) / len(rs))
+        fast = sum(r["speedup"] >= DWCONV_GOALS["speedup"] for r in rs)
+        roof = sum(r["roofline"] >= DWCONV_GOALS["roofline"] for r in rs) if copy_gbps else None
+        lines.append(
+            f"| {dtype} | {pass_} | {len(rs)} | {geo:.2f}× | {fast}/{len(rs)} | "
+            f"{'—' if roof is None else f'{roof}/{len(rs)}'} |"
+        )
+    lines += [
+        "",
+        "| dtype | pass | layer | K | ours N | ours CL | cuDNN N | cuDNN CL | speedup | ours GB/s | roofline |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        times = [_time_cell(r["ours"], r["best_ours"], k) for k in layouts]
+        times += [_time_cell(r["torch"], r["best_torch"], k) for k in layouts]
+        roofline = "—" if r["roofline"] is None else f"{100 * r['roofline']:.0f} %"
+        lines.append(
+            f"| {r['dtype']} | {r['pass']} | {r['layer']} | {r['k']} | {' | '.join(times)} | "
+            f"{r['speedup']:.2f}× | {r['gbps']:,.0f} | {roofline} |"
+        )
+    lines += ["", "Speedup: cuDNN's faster layout over ours' faster layout (**bold**: each side's faster one)."]
+    return "\n".join(lines) + "\n"
+
+
+def _time_cell(times: dict[str, float], best: str, layout: str) -> str:
+    if layout not in times:
+        return "—"
+    cell = _fmt_time(times[layout])
+    return f"**{cell}**" if layout == best else cell
+
+
+def _copy_gbps(path: str | None) -> float | None:
+    if path is None:
+        return None
+    try:
+        value = json.loads(Path(path).read_text())["copy_gbps"]
+    except FileNotFoundError:
+        raise ReportError(f"{path}: no such file (write one with python bench/ceilings.py --out {path})") from None
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise ReportError(f"{path}: not a bench/ceilings.py result (no copy_gbps)") from None
+    if not isinstance(value, int | float) or value <= 0:
+        raise ReportError(f"{path}: copy_gbps must be a positive number; got {value!r}")
+    return float(value)
+
+
 def update_section(path: str | Path, section: str, body: str) -> None:
     """Replace the text between ``<!-- bench:section -->`` and ``<!-- /bench:section -->`` (append when absent)."""
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", section):
@@ -192,6 +302,11 @@ def update_section(path: str | Path, section: str, body: str) -> None:
     tmp.replace(path)
 
 
+def _is_dwconv(data: dict[str, Any]) -> bool:
+    subjects = {(b.get("extra_info") or {}).get("subject") for b in data["benchmarks"]}
+    return subjects == {"dwconv"}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/report.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("json", nargs="+", help="pytest-benchmark JSON files")
@@ -199,10 +314,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--update", metavar="FILE", help="Markdown file whose section to replace")
     parser.add_argument("--section", help="section name (default: the JSON file's stem)")
     parser.add_argument("--rerun", help="the command that reproduces the tables (printed above them)")
+    parser.add_argument(
+        "--ceilings", metavar="JSON", help="bench/ceilings.py output: the copy bandwidth the dwconv roofline uses"
+    )
     args = parser.parse_args(argv)
     try:
+        copy_gbps = _copy_gbps(args.ceilings)
         for path in args.json:
-            body = render(load(path), args.reference, args.rerun)
+            data = load(path)
+            if _is_dwconv(data):  # hundreds of two-row groups: one summary table instead
+                body = render_dwconv(data, copy_gbps)
+            else:
+                body = render(data, args.reference, args.rerun)
             if args.update:
                 update_section(args.update, args.section or Path(path).stem, body)
             else:

@@ -6,6 +6,8 @@ Providers (one pytest-benchmark group per subject, so they print side by side):
   ε-weighted accumulation into one flat fp32 buffer; the depthwise op of ``deps_core.ops``, Triton on CUDA);
 - ``deps_fused`` (GPU): the same with ``fuse_dw_grad=True`` (the Triton kernel adds the depthwise weight gradients
   straight into the accumulator);
+- ``deps_cudnn`` (GPU): ``deps`` with PyTorch's depthwise conv (``dw_backend="torch"``) instead of the Triton kernel,
+  so the kernel's share of the step is measured apart from the functional step's;
 - ``autograd``: :func:`deps_core.step.autograd_step`, the same supernet with ``(w · loss).backward()`` per term;
 - ``eager``: ``bench/baselines/ofa_eager.py``, the research code's way (subnet as module state, ``.contiguous()``
   weight copies every forward, PyTorch's depthwise conv, ``.backward()`` per subnet);
@@ -36,7 +38,7 @@ from deps_core.step import autograd_step, detached_state, functional_step
 from deps_core.strategies import DepsStrategy, SubnetTerm
 
 PROVIDERS = ["deps", "autograd", "eager", "static"]
-GPU_PROVIDERS = ["deps", "deps_fused", "autograd", "eager", "static"]
+GPU_PROVIDERS = ["deps", "deps_fused", "deps_cudnn", "autograd", "eager", "static"]
 SETTINGS = {
     # device: space, width, batch, resolution, classes, autocast, rounds
     "cpu": ("ofa_mbv3_32", 0.5, 64, 32, 10, False, 5),
@@ -80,15 +82,16 @@ def _runner(provider: str, net, terms, x, y, autocast: bool):
     def amp():
         return torch.autocast(device, dtype=torch.bfloat16, enabled=autocast)
 
-    if provider in ("deps", "deps_fused"):
+    if provider in ("deps", "deps_fused", "deps_cudnn"):
         params, buffers = detached_state(net)
         acc = GradAccumulator(params)
         fuse = provider == "deps_fused"  # depthwise dW added into the accumulator by the Triton kernel (CUDA only)
+        backend = "torch" if provider == "deps_cudnn" else "auto"
 
         def run():
             acc.zero_()
             with amp():
-                functional_step(net, params, buffers, acc, terms, x, y, fuse_dw_grad=fuse)
+                functional_step(net, params, buffers, acc, terms, x, y, fuse_dw_grad=fuse, dw_backend=backend)
             sync()
 
     elif provider == "autograd":

@@ -70,3 +70,53 @@ def test_bad_input_is_one_clear_error(tmp_path, capsys):
     assert "not a pytest-benchmark result" in capsys.readouterr().err
     with pytest.raises(report.ReportError, match="section name"):
         report.update_section(tmp_path / "x.md", "a b", "body")
+
+
+def _dw(provider, layout, median, *, ops=1, dtype="bf16", pass_="fwd_bwd", layer="C144xH56s1", k=3, nbytes=10**9):
+    group = f"dwconv {pass_} {dtype} {layout} {layer} K{k}"
+    extra = dict(subject="dwconv", layout=layout, dtype=dtype, pass_=pass_, layer=layer, kernel=k)
+    return _bench(group, provider, median, ops_per_call=ops, minimal_bytes=nbytes, **extra)
+
+
+def test_times_are_per_pass_when_a_call_runs_several():
+    data = _data([_bench("g", "deps", 0.008, ops_per_call=4), _bench("g", "eager", 0.010, ops_per_call=2)])
+    rows = report.group_tables(data)[0]["rows"]
+    assert [r["median"] for r in rows] == [0.002, 0.005] and [r["iqr"] for r in rows] == [0.0002, 0.0005]
+    assert rows[1]["ratio"] == pytest.approx(2.5)
+    with pytest.raises(report.ReportError, match="ops_per_call must be a positive integer"):
+        report.group_tables(_data([_bench("g", "deps", 0.1, ops_per_call=0)]))
+
+
+def test_dwconv_summary_compares_the_best_layouts_and_the_roofline(tmp_path, capsys):
+    # ours: 1 ms NCHW, 0.5 ms CL (4 passes per call); cuDNN: 2 ms NCHW, 0.8 ms CL -> 0.8 / 0.5 = 1.6x
+    benches = [
+        _dw("ours", "nchw", 0.004, ops=4),
+        _dw("ours", "channels_last", 0.002, ops=4),
+        _dw("torch", "nchw", 0.002),
+        _dw("torch", "channels_last", 0.0008),
+        _dw("ours", "nchw", 0.003, k=7),  # no cuDNN row for K7: not a comparison, left out
+    ]
+    rows = report.dwconv_summary(_data(benches), copy_gbps=4000.0)
+    assert len(rows) == 1
+    (row,) = rows
+    assert row["best_ours"] == "channels_last" and row["best_torch"] == "channels_last"
+    assert row["speedup"] == pytest.approx(1.6)
+    assert row["gbps"] == pytest.approx(1e9 / 0.0005 / 1e9)  # 2,000 GB/s
+    assert row["roofline"] == pytest.approx(0.5)
+    text = report.render_dwconv(_data(benches), 4000.0)
+    assert "| bf16 | fwd_bwd | 1 | 1.60× | 1/1 | 0/1 |" in text
+    row_text = (
+        "| bf16 | fwd_bwd | C144xH56s1 | 3 | 1.00 ms | **500.0 µs** | 2.00 ms | **800.0 µs** | 1.60× | 2,000 | 50 % |"
+    )
+    assert row_text in text
+    # the command line picks the summary for dwconv files and reads the copy bandwidth from bench/ceilings.py's JSON
+    path, ceilings = tmp_path / "dwconv.json", tmp_path / "ceilings.json"
+    path.write_text(json.dumps(_data(benches)))
+    ceilings.write_text(json.dumps({"copy_gbps": 4000.0}))
+    assert report.main([str(path), "--ceilings", str(ceilings)]) == 0
+    assert "50 %" in capsys.readouterr().out
+    ceilings.write_text(json.dumps({"copy_gbps": -1}))
+    assert report.main([str(path), "--ceilings", str(ceilings)]) == 2
+    assert "copy_gbps must be a positive number" in capsys.readouterr().err
+    assert report.main([str(path), "--ceilings", str(tmp_path / "none.json")]) == 2
+    assert "bench/ceilings.py --out" in capsys.readouterr().err
