@@ -4,7 +4,7 @@ Why is a shrinking epoch of the embedded default not (1 + Σ subnet MACs / full 
 times ``functional_step`` over the first j terms of the default's shrinking plans (j = 1..k; a term's cost is the
 difference), over several steps' plans (the uniform subnet changes per step), with the ``deps`` program's CPU
 settings, and splits each term's time between the convolutions (forward and backward, as torch.profiler names them)
-and everything else. Prints two tables (markdown); no file is written.
+and everything else (profiler self times, differenced the same way). Prints a markdown table; writes nothing.
 
     .venv/bin/python bench/profile_terms.py [--steps 6] [--repeats 5] [--batch 64]
 """
@@ -40,16 +40,13 @@ def _time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def _conv_share(fn) -> float:
-    """Fraction of the self CPU time spent in convolution ops (forward and backward)."""
+def _profiled(fn) -> tuple[float, float]:
+    """``(convolution, all)`` self CPU time (µs) of one call, convolutions forward and backward as torch names them."""
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
-    total = conv = 0.0
-    for e in prof.key_averages():
-        total += e.self_cpu_time_total
-        if any(k in e.key for k in CONV_OPS):
-            conv += e.self_cpu_time_total
-    return conv / total if total else 0.0
+    events = prof.key_averages()
+    conv = sum(e.self_cpu_time_total for e in events if any(k in e.key for k in CONV_OPS))
+    return conv, sum(e.self_cpu_time_total for e in events)
 
 
 def main() -> None:
@@ -68,7 +65,8 @@ def main() -> None:
     strategy = build_strategy(config, net.spec)
     res = config.data.resolution[0]
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(args.batch, 3, res, res, generator=g)
+    # channels_last, as the FFCV loader yields it (on the CPU NCHW runs the convolutions 2–3× slower)
+    x = torch.randn(args.batch, 3, res, res, generator=g).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (args.batch,), generator=g)
     params, buffers = detached_state(net)
     acc = GradAccumulator(params)
@@ -82,33 +80,34 @@ def main() -> None:
 
         return run
 
-    by_role: dict[str, list[tuple[float, float, float]]] = defaultdict(list)  # seconds, MMACs, conv share
+    by_role: dict[str, list[tuple[float, float, float, float]]] = defaultdict(list)  # s, MMACs, conv µs, all µs
     for s in range(args.steps):
         plan = strategy.plan(Progress(strategy.total_epochs - 1, s, steps_per_epoch), config.run.seed)
-        before = 0.0
+        before, prof_before = 0.0, (0.0, 0.0)
         for j, term in enumerate(plan.terms):
             t = _time(step(plan.terms[: j + 1]), args.repeats)
-            share_all = _conv_share(step(plan.terms[: j + 1]))
-            share_before = _conv_share(step(plan.terms[:j])) if j else 0.0
-            cost = t - before
-            conv = (share_all * t - share_before * before) / cost if cost > 0 else float("nan")
-            by_role[term.role].append((cost, net.macs(term.arch) / 1e6, conv))
-            before = t
+            prof = _profiled(step(plan.terms[: j + 1]))
+            conv, total = prof[0] - prof_before[0], prof[1] - prof_before[1]
+            by_role[term.role].append((t - before, net.macs(term.arch) / 1e6, conv, total))
+            before, prof_before = t, prof
     fm = _time(step([plan.terms[0]]), args.repeats)
 
-    print(f"threads {torch.get_num_threads()}, batch {args.batch}, {res}px, fp32; medians of {args.repeats}\n")
+    print(
+        f"threads {torch.get_num_threads()}, batch {args.batch}, {res}px channels_last, fp32, "
+        f"medians of {args.repeats}\n"
+    )
     print("| term | n | MMACs | ms | ms / full | MACs / full | ms per MMAC | conv share |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    full_ms = statistics.mean(c for c, _, _ in by_role["full"]) * 1e3
+    full_ms = statistics.mean(r[0] for r in by_role["full"]) * 1e3
     for role, rows in by_role.items():
-        ms = statistics.mean(c for c, _, _ in rows) * 1e3
-        mm = statistics.mean(m for _, m, _ in rows)
-        conv = statistics.mean(v for _, _, v in rows)
+        ms = statistics.mean(r[0] for r in rows) * 1e3
+        mm = statistics.mean(r[1] for r in rows)
+        conv = sum(r[2] for r in rows) / sum(r[3] for r in rows)
         print(
             f"| {role} | {len(rows)} | {mm:.2f} | {ms:.1f} | {ms / full_ms:.2f} | {mm * 1e6 / full_macs:.2f} | "
             f"{ms / mm:.2f} | {100 * conv:.0f} % |"
         )
-    shrink = sum(statistics.mean(c for c, _, _ in rows) for rows in by_role.values())
+    shrink = sum(statistics.mean(r[0] for r in rows) for rows in by_role.values())
     print(f"\nFM-warmup step (full model alone): {fm * 1e3:.1f} ms; shrinking step: {shrink * 1e3:.1f} ms "
           f"({shrink / fm:.2f}×)")  # fmt: skip
 
