@@ -25,10 +25,12 @@ scale · dW``; ``torch.compile`` sees their kernels. The forward op's autograd i
 (setup_context style), and the same three functions make an ``autograd.Function`` that :func:`elastic_dwconv` calls,
 because the generated custom-op autograd does not work under ``torch.func`` (see :class:`_ElasticDwconv`). Under
 ``TRITON_INTERPRET=1`` (CPU tests) the ops are opaque ``torch.library.custom_op`` with explicit fake kernels instead:
-``triton_op`` traces its implementation as the fake kernel, and interpreted kernels cannot run on fake tensors.
+``triton_op`` traces its implementation as the fake kernel, and interpreted kernels cannot run on fake tensors
+(``DEPS_KERNELS_TRITON_OP=1`` forces the ``triton_op`` registration there too, for its eager path in the CPU tests).
 """
 
 import functools
+import os
 from typing import NamedTuple, Optional
 
 import torch
@@ -262,12 +264,16 @@ def _dwconv_grad_weight_reduce_kernel(
 # --- launchers ----------------------------------------------------------------------------------------------------
 
 INTERPRETED = not isinstance(_dwconv_fwd_kernel, triton.runtime.JITFunction)  # TRITON_INTERPRET=1 at import
+# The CUDA registration (triton_op + wrap_triton) is used whenever the kernels are compiled. In the interpreter it runs
+# eagerly but cannot be traced (fake tensors), so there the ops are custom_op + register_fake; DEPS_KERNELS_TRITON_OP=1
+# (read at import) forces the CUDA registration anyway, so the CPU tests can run its eager path (tests/kernels).
+TRITON_OP = not INTERPRETED or os.environ.get("DEPS_KERNELS_TRITON_OP") == "1"
 _TL_DTYPE = {torch.float32: tl.float32, torch.float64: tl.float64}
 
 
 def _kernel(fn):
-    # triton_op sees the kernels only through wrap_triton; interpreted kernels are called as they are
-    return fn if INTERPRETED else torch.library.wrap_triton(fn)
+    # triton_op sees the kernels only through wrap_triton; under custom_op the kernels are called as they are
+    return torch.library.wrap_triton(fn) if TRITON_OP else fn
 
 
 class _Tile(NamedTuple):
@@ -401,7 +407,7 @@ def _grad_weight(
 
 def _define(name: str, fake, mutates_args: tuple[str, ...] = ()):
     def register(fn):
-        if not INTERPRETED:
+        if TRITON_OP:
             return torch.library.triton_op(name, mutates_args=mutates_args)(fn)
         op = torch.library.custom_op(name, mutates_args=mutates_args)(fn)
         op.register_fake(fake)

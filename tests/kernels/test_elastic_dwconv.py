@@ -364,3 +364,30 @@ def test_ops_depthwise_conv_dispatch(device, monkeypatch):
         ops.depthwise_conv(x, view, stride=2, backend="torch", grad_out=torch.zeros_like(view))
     with pytest.raises(ValueError, match="depthwise backend must be one of"):
         ops.depthwise_conv(x, view, stride=2, backend="cudnn")
+
+
+@pytest.mark.skipif(not E.INTERPRETED, reason="on a GPU the triton_op registration is what every test above runs")
+def test_the_cuda_registration_runs_eagerly_in_the_interpreter():
+    """The ops as CUDA registers them (``triton_op`` + ``wrap_triton``) in a fresh process under the interpreter: the
+    reference comparisons, the fused accumulation and ``torch.func.grad`` through them. (Only tracing — opcheck,
+    torch.compile — needs compiled kernels.) So a GPU session does not meet this registration for the first time."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "TRITON_INTERPRET": "1", "DEPS_KERNELS_TRITON_OP": "1"}
+    check = "import deps_kernels.elastic_dwconv as E; assert E.INTERPRETED and E.TRITON_OP"
+    assert subprocess.run([sys.executable, "-c", check], env=env, cwd=root).returncode == 0
+    selected = "float64 or fused_weight_gradient or flat_buffer or torch_func_grad or bit_identical"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", f"cpu and ({selected})"],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert " passed" in proc.stdout and "failed" not in proc.stdout
