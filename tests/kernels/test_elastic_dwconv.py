@@ -376,6 +376,10 @@ def test_the_cuda_registration_runs_eagerly_in_the_interpreter():
     import sys
     from pathlib import Path
 
+    try:
+        torch.library.wrap_triton(E._dwconv_fwd_kernel)
+    except RuntimeError as err:  # torch 2.11's wrap_triton takes only compiled (JITFunction) kernels; 2.13's any
+        pytest.skip(f"this torch's wrap_triton does not take interpreted kernels ({err})")
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "TRITON_INTERPRET": "1", "DEPS_KERNELS_TRITON_OP": "1"}
     check = "import deps_kernels.elastic_dwconv as E; assert E.INTERPRETED and E.TRITON_OP"
