@@ -24,10 +24,11 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["copy_bandwidth", "matmul_rate", "measure"]
+__all__ = ["copy_bandwidth", "matmul_rate", "measure", "median_seconds"]
 
 
-def _median_seconds(fn, device: torch.device, repeats: int, warmup: int) -> float:
+def median_seconds(fn, device: torch.device, repeats: int, warmup: int) -> float:
+    """Median seconds of ``fn()`` after ``warmup`` calls: CUDA events on a GPU, the host clock elsewhere."""
     for _ in range(warmup):
         fn()
     times = []
@@ -58,7 +59,7 @@ def copy_bandwidth(device: torch.device, nbytes: int, *, buffers: int = 3, repea
     def copy():
         dst.copy_(srcs[next(turn) % buffers])
 
-    seconds = _median_seconds(copy, device, repeats, warmup=3)
+    seconds = median_seconds(copy, device, repeats, warmup=3)
     return 2 * dst.numel() * dst.element_size() / seconds / 1e9
 
 
@@ -67,7 +68,7 @@ def matmul_rate(device: torch.device, n: int, *, repeats: int = 10) -> float:
     g = torch.Generator(device=device).manual_seed(1)
     a = torch.randn(n, n, device=device, generator=g).to(torch.bfloat16)
     b = torch.randn(n, n, device=device, generator=g).to(torch.bfloat16)
-    seconds = _median_seconds(lambda: a @ b, device, repeats, warmup=3)
+    seconds = median_seconds(lambda: a @ b, device, repeats, warmup=3)
     return 2 * n**3 / seconds / 1e12
 
 

@@ -38,6 +38,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from bench.ceilings import median_seconds
+
 DEVICE = os.environ.get("DEPS_BENCH_DEVICE", "cuda")
 SMOKE = DEVICE != "cuda"  # the interpreter at tiny sizes: the code path, not a measurement
 pytestmark = [] if SMOKE else [pytest.mark.gpu]
@@ -102,13 +104,7 @@ def _ops_per_call(op) -> int:
     """Back-to-back passes per timed call: enough for ≥ 1 ms of device work (one pass timed after a warm-up)."""
     if SMOKE:
         return 2
-    op()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    op()
-    end.record()
-    end.synchronize()
-    seconds = max(start.elapsed_time(end) / 1e3, 1e-7)
+    seconds = max(median_seconds(op, torch.device("cuda"), repeats=1, warmup=1), 1e-7)
     return max(1, min(MAX_OPS_PER_CALL, math.ceil(MIN_CALL_SECONDS / seconds)))
 
 

@@ -309,6 +309,14 @@ def _tile(c: int, h: int, w: int, channels_last: bool, elem_size: int, *, wgrad:
     return _Tile(block_c, block_h, block_w, num_warps=4 if block_c * block_h * block_w >= 512 else 2)
 
 
+def _default_tile(kernel: str, x: Tensor, oh: int, ow: int) -> _Tile:
+    """The tile a launcher takes when given none: ``fwd`` and ``dw`` tile the output grid ``oh × ow``, ``dx`` the
+    input grid (``x``: the activation, or its gradient for ``dx`` — same shape and layout)."""
+    c, h, w = (int(d) for d in x.shape[1:])
+    grid = (h, w) if kernel == "dx" else (oh, ow)
+    return _tile(c, *grid, _channels_last(x), x.element_size(), wgrad=kernel == "dw")
+
+
 @functools.cache
 def _sm_count(device: torch.device) -> int:
     if device.type == "cuda":
@@ -338,7 +346,7 @@ def _forward(x: Tensor, weight: Tensor, y: Tensor, k: int, stride: int, tile: _T
     """y[:] = elastic_dwconv(x, weight); every element of ``y`` written."""
     n, c, h, w = (int(d) for d in x.shape)  # tiles and grids are concrete even when tracing with SymInts
     oh, ow = int(y.shape[2]), int(y.shape[3])
-    t = tile or _tile(c, oh, ow, _channels_last(x), x.element_size())
+    t = tile or _default_tile("fwd", x, oh, ow)
     grid = (n * triton.cdiv(oh, t.block_h) * triton.cdiv(ow, t.block_w), triton.cdiv(c, t.block_c))
     _kernel(_dwconv_fwd_kernel)[grid](
         x, weight, y, c, h, w, oh, ow, *x.stride(), *_weight_args(weight, k), *y.stride(),
@@ -352,7 +360,7 @@ def _grad_input(gy: Tensor, weight: Tensor, dx: Tensor, k: int, stride: int, til
     """dx[:] = dL/dx; every element of ``dx`` written."""
     n, c, h, w = (int(d) for d in dx.shape)
     oh, ow = int(gy.shape[2]), int(gy.shape[3])
-    t = tile or _tile(c, h, w, _channels_last(dx), dx.element_size())
+    t = tile or _default_tile("dx", dx, oh, ow)
     grid = (n * triton.cdiv(h, t.block_h) * triton.cdiv(w, t.block_w), triton.cdiv(c, t.block_c))
     _kernel(_dwconv_grad_input_kernel)[grid](
         gy, weight, dx, c, h, w, oh, ow, *gy.stride(), *_weight_args(weight, k), *dx.stride(),
@@ -379,7 +387,7 @@ def _grad_weight(
     n, c, h, w = (int(d) for d in x.shape)
     oh, ow = int(gy.shape[2]), int(gy.shape[3])
     acc = compute_dtype(x.dtype)
-    t = tile or _tile(c, oh, ow, _channels_last(x), x.element_size(), wgrad=True)
+    t = tile or _default_tile("dw", x, oh, ow)
     tiles_c = triton.cdiv(c, t.block_c)
     items = n * triton.cdiv(oh, t.block_h) * triton.cdiv(ow, t.block_w)
     if splits is None:  # ~8 programs per SM in all; a split never gets less than one work item
