@@ -72,6 +72,10 @@ def matmul_rate(device: torch.device, n: int, *, repeats: int = 10) -> float:
     return 2 * n**3 / seconds / 1e12
 
 
+def _significant(x: float, digits: int = 4) -> float:
+    return float(f"{x:.{digits}g}")
+
+
 def measure(device: torch.device, *, small: bool = False) -> dict:
     nbytes, n = (1 << 20, 128) if small else (2 << 30, 8192)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
@@ -79,9 +83,10 @@ def measure(device: torch.device, *, small: bool = False) -> dict:
         "device": name,
         "torch": torch.__version__,
         "copy_bytes": nbytes,
-        "copy_gbps": round(copy_bandwidth(device, nbytes), 1),
+        "copy_gbps": _significant(copy_bandwidth(device, nbytes)),
         "matmul_n": n,
-        "bf16_tflops": round(matmul_rate(device, n), 2),
+        # 4 significant digits, not 2 decimals: a loaded CPU's 128³ product (~0.004 TFLOP/s) rounded to 0.0
+        "bf16_tflops": _significant(matmul_rate(device, n)),
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
 
