@@ -41,24 +41,44 @@ LAYERS = [(144, 56, 1), (240, 28, 2), (672, 14, 1), (96, 112, 2), (960, 7, 1)]
 SMOKE_LAYERS = [(5, 6, 2)]
 
 
-# (BLOCK_C, BLOCK_H, BLOCK_W, num_warps): 512–2048-element tiles around the current rule's choice
+# (BLOCK_C, BLOCK_H, BLOCK_W, num_warps): 512–4096-element tiles around the current rule's choice. The larger
+# channels_last ones give each thread several positions, over which its per-tap weight loads are shared (fewer
+# instructions per element in bench/inspect_kernels.py's count; at 255 registers, so fewer resident warps)
 NCHW_TILES = [
     (1, 16, 64, 4), (1, 8, 64, 2), (1, 32, 64, 8), (1, 32, 32, 4), (1, 16, 32, 2), (2, 8, 64, 4),
     (2, 16, 32, 4), (4, 8, 32, 4), (4, 16, 16, 4), (8, 8, 16, 4), (16, 8, 8, 4), (8, 4, 16, 2),
 ]  # fmt: skip
 CL_TILES = [
     (64, 4, 4, 4), (64, 2, 8, 4), (64, 8, 4, 8), (64, 1, 8, 2), (128, 2, 4, 4), (128, 4, 4, 8),
-    (128, 1, 8, 4), (32, 4, 8, 4), (32, 8, 8, 8), (32, 2, 8, 2), (16, 8, 8, 4), (32, 4, 4, 2),
+    (128, 1, 8, 4), (32, 4, 8, 4), (32, 8, 8, 8), (64, 1, 32, 4), (16, 8, 8, 4), (64, 1, 64, 4),
+]  # fmt: skip
+
+# The weight gradient's tile has a tap axis of next_power_of_2(K²) in front: these are for K = 7 (64 taps, 1024–8192
+# products per program); for K = 3 (16 taps) and 5 (32) the spatial extent is multiplied by 4 and 2.
+DW_NCHW_TILES = [
+    (1, 1, 64, 4), (1, 1, 32, 4), (1, 2, 32, 8), (1, 1, 64, 8), (1, 2, 64, 8), (1, 1, 32, 2), (2, 1, 32, 4),
+    (4, 1, 16, 4), (1, 4, 16, 4), (8, 1, 8, 4), (2, 2, 16, 4), (1, 1, 16, 2),
+]  # fmt: skip
+DW_CL_TILES = [
+    (64, 1, 1, 4), (32, 1, 2, 4), (32, 1, 1, 2), (64, 1, 2, 8), (128, 1, 1, 8), (16, 1, 4, 4), (16, 2, 2, 4),
+    (64, 1, 1, 2), (32, 2, 1, 4), (128, 1, 1, 4), (32, 1, 4, 8), (16, 1, 2, 2),
 ]  # fmt: skip
 
 
-def candidates(layout: str, c: int, h: int, w: int, smoke: bool = False) -> list[E._Tile]:
-    """The tiles to try for a layer (extent ``c × h × w`` of the kernel's grid): none larger than the layer along
-    any axis (such a tile equals a clamped one plus masked lanes)."""
+def candidates(layout: str, c: int, h: int, w: int, smoke: bool = False, *, kernel: str = "fwd", k: int = 7):
+    """The tiles (``E._Tile``) to try for a layer (extent ``c × h × w`` of the kernel's grid): none larger than the
+    layer along any axis (such a tile equals a clamped one plus masked lanes)."""
     if smoke:
-        return [E._Tile(4, 2, 4, 1)]
+        return [E._Tile(4, 2, 4, 1) if kernel != "dw" else E._Tile(2, 1, 4, 1)]
     p2 = E.triton.next_power_of_2
-    tiles = NCHW_TILES if layout == "nchw" else CL_TILES
+    if kernel == "dw":
+        scale = 64 // p2(k * k)  # 1, 2 or 4
+        tiles = [
+            (bc, bh * scale, bw, nw) if layout == "nchw" else (bc, bh, bw * scale, nw)
+            for bc, bh, bw, nw in (DW_NCHW_TILES if layout == "nchw" else DW_CL_TILES)
+        ]
+    else:
+        tiles = NCHW_TILES if layout == "nchw" else CL_TILES
     return [E._Tile(*t) for t in tiles if t[0] <= p2(c) and t[1] <= p2(h) and t[2] <= p2(w)]
 
 
@@ -116,12 +136,12 @@ def sweep(*, smoke: bool, budget_s: float, kernels=("fwd", "dx", "dw"), progress
             if time.perf_counter() - start > budget_s:
                 progress(f"budget of {budget_s:.0f} s spent: {len(results)} cases done")
                 return results
-            default = E._default_tile(kernel, x, gy.shape[2], gy.shape[3])
+            default = E._default_tile(kernel, x, gy.shape[2], gy.shape[3], k)
             ref = run(default).clone()
             base = _time(functools.partial(run, default), device)
             best, best_t, rejected = default, base, []
             grid_hw = gy.shape[2:] if kernel != "dx" else x.shape[2:]
-            for tile in candidates(layout, x.shape[1], *grid_hw, smoke=smoke):
+            for tile in candidates(layout, x.shape[1], *grid_hw, smoke=smoke, kernel=kernel, k=k):
                 if tile == default:
                     continue
                 out = run(tile)

@@ -16,9 +16,12 @@ sees ``None``; ``torch.func.grad`` reports zeros). Without it, the backward retu
 (``retain_graph`` and a second ``backward`` add twice).
 
 Determinism: ``dW`` is a reduction over ``N × H_out × W_out``. Each program of the first weight-gradient kernel sums a
-fixed, contiguous range of output tiles into its own row of a scratch buffer ``[splits, K², C']``; a second kernel
+fixed, contiguous range of output rows into its own row of a scratch buffer ``[splits, K², C']``; a second kernel
 sums those rows in order and writes (or adds into) the target. No atomics, so two runs give identical bits (the
 result depends only on the shapes and the device's SM count, which fix the split).
+
+Performance was first judged without a GPU, from the SASS Triton compiles for sm_90 (``bench/inspect_kernels.py``:
+registers, load widths, instructions per element); the GPU benchmarks (``bench/gpu_session.sh``) are the measurement.
 
 Registration: four ``torch.library.triton_op`` (torch ≥ 2.6): the forward, dx, dW, and the in-place ``grad_out +=
 scale · dW``; ``torch.compile`` sees their kernels. The forward op's autograd is registered with ``register_autograd``
@@ -173,7 +176,7 @@ def _dwconv_grad_weight_partial_kernel(
     W,
     OH,
     OW,
-    items_per_split,
+    rows_per_split,
     sgn,
     sgc,
     sgh,
@@ -190,34 +193,47 @@ def _dwconv_grad_weight_partial_kernel(
     BLOCK_W: tl.constexpr,
     BLOCK_T: tl.constexpr,  # next_power_of_2(K·K)
 ):
-    # grid (tiles(C'), splits): the work items are the output tiles (n, tile_h, tile_w) in order; program `split`
-    # sums items [split · per, (split + 1) · per) of dW[c, i, j] = Σ gy[n, c, oh, ow] x[n, c, oh·s + i - K//2, ...]
+    # grid (tiles(C'), splits). A row of work is (n, tile_h): BLOCK_H output rows of image n, swept BLOCK_W columns at
+    # a time; program `split` sums rows [split · per, (split + 1) · per) of
+    # dW[c, i, j] = Σ gy[n, c, oh, ow] x[n, c, oh·s + i - K//2, ow·s + j - K//2].
+    # The tap is an axis of the tile, [taps, channels, rows, columns]: each (tap, position) product is accumulated
+    # elementwise, and positions are summed once at the end, so the loops have no cross-thread reduction (summing each
+    # tile per tap cost 49 reductions, with their shuffles and barriers, per tile), and the column loop no division.
     c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     split = tl.program_id(1)
-    c_ok = c < C
-    c3, c_ok3 = c[:, None, None], c_ok[:, None, None]
+    c4 = c[None, :, None, None]
+    t = tl.arange(0, BLOCK_T)[:, None, None, None]
+    di = t // K - K // 2  # the tap's offset from the centre, rows and columns
+    tap_ok = (t < K * K) & (c4 < C)
+    col = tl.arange(0, BLOCK_W)[None, None, None, :]
+    c3 = c[:, None, None]
+    col3 = tl.arange(0, BLOCK_W)[None, None, :]
+    icol = col * STRIDE + t % K - K // 2  # input column of (tap, column) in the first column tile
+    acc = tl.zeros([BLOCK_T, BLOCK_C, BLOCK_H, BLOCK_W], dtype=ACC)
+    tiles_h = tl.cdiv(OH, BLOCK_H)
+    start = split * rows_per_split
+    end = tl.minimum(start + rows_per_split, N * tiles_h)
+    for r in range(start, end):
+        n = (r // tiles_h).to(tl.int64)
+        oh = (r % tiles_h) * BLOCK_H + tl.arange(0, BLOCK_H)[None, None, :, None]
+        ih = oh * STRIDE + di
+        row_ok = tap_ok & (oh < OH) & (ih >= 0) & (ih < H)
+        # dy is loaded [channels, rows, columns] and broadcast over the taps after its conversion: built with the tap
+        # axis, the load was repeated (and converted) once per register repetition of the tap axis
+        oh3 = (r % tiles_h) * BLOCK_H + tl.arange(0, BLOCK_H)[None, :, None]
+        g_ok = (c3 < C) & (oh3 < OH)
+        g_row = gy_ptr + n * sgn + c3 * sgc + oh3 * sgh + col3 * sgw
+        x_row = x_ptr + n * sxn + c4 * sxc + ih * sxh + icol * sxw
+        for ow0 in range(0, OW, BLOCK_W):
+            g = tl.load(g_row + ow0 * sgw, mask=g_ok & (col3 < OW - ow0), other=0.0).to(ACC)
+            iw = icol + ow0 * STRIDE
+            x_ok = row_ok & (col < OW - ow0) & (iw >= 0) & (iw < W)
+            xv = tl.load(x_row + (ow0 * STRIDE) * sxw, mask=x_ok, other=0.0).to(ACC)
+            acc += g[None, :, :, :] * xv
+    total = tl.sum(tl.sum(acc, axis=3), axis=2)  # [taps, channels]
     taps = tl.arange(0, BLOCK_T)[:, None]
-    # [taps, channels]: the K² per-tap sums stay in registers; a tile's sum for tap t lands in row t by a select
-    acc = tl.zeros([BLOCK_T, BLOCK_C], dtype=ACC)
-    items = N * tl.cdiv(OH, BLOCK_H) * tl.cdiv(OW, BLOCK_W)
-    start = split * items_per_split
-    end = tl.minimum(start + items_per_split, items)
-    for item in range(start, end):
-        n, oh, ow = _tile_coords(item, C, OH, OW, BLOCK_C, BLOCK_H, BLOCK_W)
-        out_ok = c_ok3 & (oh < OH) & (ow < OW)
-        g = tl.load(gy_ptr + n * sgn + c3 * sgc + oh * sgh + ow * sgw, mask=out_ok, other=0.0).to(ACC)
-        x_base = x_ptr + n * sxn + c3 * sxc
-        for i in tl.static_range(K):
-            ih = oh * STRIDE + (i - K // 2)
-            x_row = x_base + ih * sxh
-            row_ok = out_ok & (ih >= 0) & (ih < H)
-            for j in tl.static_range(K):
-                iw = ow * STRIDE + (j - K // 2)
-                xv = tl.load(x_row + iw * sxw, mask=row_ok & (iw >= 0) & (iw < W), other=0.0).to(ACC)
-                s = tl.sum(tl.sum(g * xv, axis=2), axis=1)
-                acc = tl.where(taps == i * K + j, acc + s[None, :], acc)
     part = part_ptr + split.to(tl.int64) * (K * K * C) + taps * C + c[None, :]
-    tl.store(part, acc, mask=(taps < K * K) & c_ok[None, :])
+    tl.store(part, total, mask=(taps < K * K) & (c[None, :] < C))
 
 
 @triton.jit
@@ -276,6 +292,12 @@ def _kernel(fn):
     return torch.library.wrap_triton(fn) if TRITON_OP else fn
 
 
+def _launch(kernel, grid, *args, **kwargs) -> None:
+    """How the launchers start a kernel. They take it as their ``launch`` argument, so a tool can record the exact
+    arguments instead (bench/inspect_kernels.py compiles them for a CUDA target without a GPU)."""
+    _kernel(kernel)[grid](*args, **kwargs)
+
+
 class _Tile(NamedTuple):
     block_c: int
     block_h: int
@@ -287,34 +309,43 @@ def _channels_last(t: Tensor) -> bool:
     return t.stride(1) == 1 and t.stride(3) != 1
 
 
-def _tile(c: int, h: int, w: int, channels_last: bool, elem_size: int, *, wgrad: bool = False) -> _Tile:
-    """A ~1024-element tile (4 warps × 8 elements per thread: enough loads in flight for a memory-bound op).
+def _tile(c: int, h: int, w: int, channels_last: bool, elem_size: int, k: int, *, wgrad: bool = False) -> _Tile:
+    """The tile of a program for kernel size ``k``.
+
+    Forward and input gradient: 1024 elements in 4 warps, 8 per thread (enough loads in flight for a memory-bound
+    op); for 7×7 in NCHW, 512 elements of at most 8 rows, 4 per thread (there each element's 49 loads are scalar, and
+    the 1024-element tiles of up to 32 rows hit 255 registers and spilled on sm_90 with both Triton 3.6's and 3.7's
+    ptxas: bench/inspect_kernels.py). Weight gradient, whose tile has a tap axis of ``next_power_of_2(K²)`` in front:
+    ~4096 (tap, element) products in 4 warps.
 
     NCHW: W is contiguous, so a row of up to 64 columns per tile (≥ 128 contiguous bytes at stride 1; at stride 2 the
     skipped columns are the next tap's and hit L1), rows to fill the tile, and small planes (14², 7²) take several
     channels so no program is mostly masked. channels_last: C is contiguous, so 128 bytes of channels (32 fp32,
-    64 bf16), then columns, then rows. The weight-gradient tile takes only a 32-byte DRAM sector of channels, so its
-    spatial extent (which the [K², BLOCK_C] per-tap select is amortized over) stays ≥ 64 positions.
+    64 bf16: 16-byte loads), then columns, then rows.
     """
     p2 = triton.next_power_of_2
-    budget = 1024
+    taps = p2(k * k) if wgrad else 1
+    small = not wgrad and not channels_last and k >= 7
+    budget = max(1, 4096 // taps) if wgrad else 512 if small else 1024
     if channels_last:
-        block_c = min(p2(c), max(1, (32 if wgrad else 128) // elem_size))
+        block_c = min(p2(c), max(1, 128 // elem_size), budget)
         block_w = min(p2(w), max(1, budget // block_c), 32)
         block_h = min(p2(h), max(1, budget // (block_c * block_w)))
     else:
-        block_w = min(p2(w), 64)
-        block_h = min(p2(h), max(1, budget // block_w))
+        block_w = min(p2(w), 64, budget)
+        block_h = min(p2(h), max(1, budget // block_w), 8 if small else budget)
         block_c = min(p2(c), max(1, budget // (block_h * block_w)))
-    return _Tile(block_c, block_h, block_w, num_warps=4 if block_c * block_h * block_w >= 512 else 2)
+    elements = taps * block_c * block_h * block_w
+    per_thread = 4 if small else 8
+    return _Tile(block_c, block_h, block_w, num_warps=max(1, min(4, elements // (32 * per_thread))))
 
 
-def _default_tile(kernel: str, x: Tensor, oh: int, ow: int) -> _Tile:
+def _default_tile(kernel: str, x: Tensor, oh: int, ow: int, k: int) -> _Tile:
     """The tile a launcher takes when given none: ``fwd`` and ``dw`` tile the output grid ``oh × ow``, ``dx`` the
-    input grid (``x``: the activation, or its gradient for ``dx`` — same shape and layout)."""
+    input grid (``x``: the activation, or its gradient for ``dx`` — same shape and layout); ``k`` the kernel size."""
     c, h, w = (int(d) for d in x.shape[1:])
     grid = (h, w) if kernel == "dx" else (oh, ow)
-    return _tile(c, *grid, _channels_last(x), x.element_size(), wgrad=kernel == "dw")
+    return _tile(c, *grid, _channels_last(x), x.element_size(), k, wgrad=kernel == "dw")
 
 
 @functools.cache
@@ -322,6 +353,12 @@ def _sm_count(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
     return 2  # the interpreter: a few splits, so the ordered reduction is exercised
+
+
+def _default_splits(rows: int, tiles_c: int, sm_count: int) -> int:
+    """How many programs share the weight gradient's ``rows`` rows of work (image, tile of output rows) per channel
+    tile: ~8 programs per SM in all; a split never gets less than one row."""
+    return max(1, min(rows, triton.cdiv(8 * sm_count, tiles_c)))
 
 
 def _empty(shape, *, dtype: torch.dtype, device: torch.device, memory_format=torch.contiguous_format) -> Tensor:
@@ -342,13 +379,15 @@ def _weight_args(weight: Tensor, k: int) -> tuple[int, int, int, int]:
     return weight.stride(0), weight.stride(2), weight.stride(3), (weight.shape[-1] - k) // 2
 
 
-def _forward(x: Tensor, weight: Tensor, y: Tensor, k: int, stride: int, tile: _Tile | None = None) -> Tensor:
+def _forward(
+    x: Tensor, weight: Tensor, y: Tensor, k: int, stride: int, tile: _Tile | None = None, *, launch=_launch
+) -> Tensor:
     """y[:] = elastic_dwconv(x, weight); every element of ``y`` written."""
     n, c, h, w = (int(d) for d in x.shape)  # tiles and grids are concrete even when tracing with SymInts
     oh, ow = int(y.shape[2]), int(y.shape[3])
-    t = tile or _default_tile("fwd", x, oh, ow)
+    t = tile or _default_tile("fwd", x, oh, ow, k)
     grid = (n * triton.cdiv(oh, t.block_h) * triton.cdiv(ow, t.block_w), triton.cdiv(c, t.block_c))
-    _kernel(_dwconv_fwd_kernel)[grid](
+    launch(_dwconv_fwd_kernel, grid,
         x, weight, y, c, h, w, oh, ow, *x.stride(), *_weight_args(weight, k), *y.stride(),
         K=k, STRIDE=stride, ACC=_TL_DTYPE[compute_dtype(x.dtype)],
         BLOCK_C=t.block_c, BLOCK_H=t.block_h, BLOCK_W=t.block_w, num_warps=t.num_warps,
@@ -356,13 +395,15 @@ def _forward(x: Tensor, weight: Tensor, y: Tensor, k: int, stride: int, tile: _T
     return y
 
 
-def _grad_input(gy: Tensor, weight: Tensor, dx: Tensor, k: int, stride: int, tile: _Tile | None = None) -> Tensor:
+def _grad_input(
+    gy: Tensor, weight: Tensor, dx: Tensor, k: int, stride: int, tile: _Tile | None = None, *, launch=_launch
+) -> Tensor:
     """dx[:] = dL/dx; every element of ``dx`` written."""
     n, c, h, w = (int(d) for d in dx.shape)
     oh, ow = int(gy.shape[2]), int(gy.shape[3])
-    t = tile or _default_tile("dx", dx, oh, ow)
+    t = tile or _default_tile("dx", dx, oh, ow, k)
     grid = (n * triton.cdiv(h, t.block_h) * triton.cdiv(w, t.block_w), triton.cdiv(c, t.block_c))
-    _kernel(_dwconv_grad_input_kernel)[grid](
+    launch(_dwconv_grad_input_kernel, grid,
         gy, weight, dx, c, h, w, oh, ow, *gy.stride(), *_weight_args(weight, k), *dx.stride(),
         K=k, STRIDE=stride, ACC=_TL_DTYPE[compute_dtype(dx.dtype)],
         BLOCK_C=t.block_c, BLOCK_H=t.block_h, BLOCK_W=t.block_w, num_warps=t.num_warps,
@@ -381,21 +422,23 @@ def _grad_weight(
     scale: float = 1.0,
     tile: _Tile | None = None,
     splits: int | None = None,
+    sm_count: int | None = None,
+    launch=_launch,
 ) -> Tensor:
     """``out`` (shaped like the stored weight): ``= dW`` (every element written, zeros outside the window) or, with
     ``accumulate``, ``out[:C', :, window, window] += scale · dW`` (nothing else touched)."""
     n, c, h, w = (int(d) for d in x.shape)
     oh, ow = int(gy.shape[2]), int(gy.shape[3])
     acc = compute_dtype(x.dtype)
-    t = tile or _default_tile("dw", x, oh, ow)
+    t = tile or _default_tile("dw", x, oh, ow, k)
     tiles_c = triton.cdiv(c, t.block_c)
-    items = n * triton.cdiv(oh, t.block_h) * triton.cdiv(ow, t.block_w)
-    if splits is None:  # ~8 programs per SM in all; a split never gets less than one work item
-        splits = max(1, min(items, triton.cdiv(8 * _sm_count(x.device), tiles_c)))
-    per = triton.cdiv(items, splits)
-    splits = triton.cdiv(items, per)
+    rows = n * triton.cdiv(oh, t.block_h)  # the kernel's rows of work: (image, tile of output rows)
+    if splits is None:
+        splits = _default_splits(rows, tiles_c, sm_count or _sm_count(x.device))
+    per = triton.cdiv(rows, splits)
+    splits = triton.cdiv(rows, per)  # none empty
     part = _empty((splits, k * k, c), dtype=acc, device=x.device)
-    _kernel(_dwconv_grad_weight_partial_kernel)[(tiles_c, splits)](
+    launch(_dwconv_grad_weight_partial_kernel, (tiles_c, splits),
         gy, x, part, n, c, h, w, oh, ow, per, *gy.stride(), *x.stride(),
         K=k, STRIDE=stride, ACC=_TL_DTYPE[acc],
         BLOCK_C=t.block_c, BLOCK_H=t.block_h, BLOCK_W=t.block_w, BLOCK_T=triton.next_power_of_2(k * k),
@@ -403,7 +446,7 @@ def _grad_weight(
     )  # fmt: skip
     scale_t = torch.full((1,), scale, dtype=out.dtype, device=out.device)
     c_w, k_w, block = int(out.shape[0]), int(out.shape[-1]), 256
-    _kernel(_dwconv_grad_weight_reduce_kernel)[(triton.cdiv(c_w * k_w * k_w, block),)](
+    launch(_dwconv_grad_weight_reduce_kernel, (triton.cdiv(c_w * k_w * k_w, block),),
         part, out, scale_t, c, c_w, k_w, (k_w - k) // 2, splits, out.stride(0), out.stride(2), out.stride(3),
         K=k, ACC=_TL_DTYPE[acc], ACCUMULATE=accumulate, BLOCK=block, num_warps=4,
     )  # fmt: skip

@@ -1,0 +1,124 @@
+"""bench/inspect_kernels.py: the depthwise kernels compiled for sm_90 on this CPU machine (Triton's ptxas and
+cuobjdump), and what their SASS must keep showing.
+
+The kernels are compiled in a fresh process without ``TRITON_INTERPRET`` (tests/kernels turns the interpreter on for
+this session). What is checked is what a GPU run would otherwise find first, or what the kernels were written for:
+every kernel compiles; nothing spills; channels_last bf16 activations are read 16 bytes per lane; the weight
+gradient's hot loop has no cross-thread reduction (no shuffles, no barriers: the per-tap sums of the first version
+cost 1,666 shuffles and 396 barriers per tile at K = 7).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench import inspect_kernels as I  # noqa: E402
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="module")
+def smoke_rows(tmp_path_factory) -> list[dict]:
+    out = tmp_path_factory.mktemp("inspect") / "rows.json"
+    proc = subprocess.run(
+        [sys.executable, "bench/inspect_kernels.py", "--smoke", "--json", str(out)],
+        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| case |" in proc.stdout and "| kernel | layout |" in proc.stdout  # the table and the summary
+    return json.loads(out.read_text())
+
+
+def test_every_smoke_case_compiles_for_sm90_without_spilling(smoke_rows):
+    assert [r["name"] for r in smoke_rows] == [I.Case(*c).name for c in I.SMOKE_CASES]
+    for r in smoke_rows:
+        assert r["target"] == "sm_90"
+        assert 0 < r["regs"] <= 255, r["name"]
+        assert r["local"] == 0 and r["stack"] == 0 and r["ldl"] == 0 and r["stl"] == 0, r["name"]
+        assert r["warps_per_sm"] >= 8, r["name"]
+        for key in ("lsu_clk_per_element", "issue_clk_per_element", "dram_clk_per_element", "bound"):
+            assert 0 < r[key] < 1e3, (r["name"], key)
+
+
+def test_channels_last_bf16_reads_16_bytes_per_lane(smoke_rows):
+    for r in smoke_rows:
+        c = r["case"]
+        if c["layout"] == "channels_last" and c["dtype"] == "bf16" and c["layer"][0] % 8 == 0:
+            assert r["ldg_by_width"].get("16", 0) > 0, r["name"]
+            if c["kernel"] == "dw":  # dy and x: nothing narrower
+                assert set(r["ldg_by_width"]) == {"16"}, r["name"]
+
+
+def test_the_weight_gradient_loop_has_no_cross_thread_reduction(smoke_rows):
+    dw = [r for r in smoke_rows if r["case"]["kernel"] == "dw"]
+    assert dw
+    for r in dw:
+        assert r["loops"] >= 2, r["name"]  # the row loop and the column loop inside it
+        assert r["shfl"] == 0 and r["bar"] == 0 and r["lds"] == 0 and r["sts"] == 0, r["name"]
+
+
+def test_the_interpreter_is_refused_with_one_clear_error():
+    proc = subprocess.run(
+        [sys.executable, "bench/inspect_kernels.py", "--smoke"],
+        cwd=ROOT, env=_env(TRITON_INTERPRET="1"), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "TRITON_INTERPRET=1" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bad_target_and_bandwidth_are_refused():
+    with pytest.raises(I.InspectError, match="sm_90"):
+        I.parse_target("hopper")
+    assert I.parse_target("sm_80").arch == 80
+    proc = subprocess.run(
+        [sys.executable, "bench/inspect_kernels.py", "--copy-gbps", "0"],
+        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "--copy-gbps must be positive" in proc.stderr
+
+
+SASS = """
+        /*0000*/                   LDC R1, c[0x0][0x28] ;
+        /*0010*/                   LDG.E.128 R4, desc[UR4][R2.64] ;
+        /*0020*/               @P0 BRA 0x90 ;
+        /*0030*/                   LDG.E.U16 R8, desc[UR4][R6.64] ;
+        /*0040*/                   FFMA R9, R8, R8, R9 ;
+        /*0050*/                   SHFL.BFLY PT, R10, R9, 0x1, 0x1f ;
+        /*0060*/              @!P1 BRA 0x40 ;
+        /*0070*/                   STG.E.64 desc[UR4][R2.64], R4 ;
+        /*0080*/               @P2 BRA 0x30 ;
+        /*0090*/                   EXIT ;
+        /*00a0*/                   BRA 0xa0;
+"""
+
+
+def test_sass_parsing_finds_the_loop_nest_and_amortizes_the_outer_body():
+    code, spans = I.loops(SASS)
+    assert len(code) == 11
+    assert spans == [(0x40, 0x60), (0x30, 0x80)]  # innermost first; `BRA self` is not a loop
+    census = I.hot_census(SASS, inner_trips=4)
+    # inner body: FFMA, SHFL, BRA once per trip; the rest of the outer body (LDG.E.U16, STG.E.64, BRA) over 4 trips
+    assert census["FFMA"] == 1 and census["SHFL.BFLY"] == 1 and census["BRA"] == 1.25
+    assert census["LDG.E.U16"] == 0.25 and census["STG.E.64"] == 0.25 and "LDG.E.128" not in census
+    assert I.hot_census(SASS.split("/*0020*/")[0]) == {"LDC": 1, "LDG.E.128": 1}  # no loop: everything
+    assert [I._width(op) for op in ("LDG.E.128", "LDG.E.64", "LDG.E", "LDG.E.U16", "STG.E.U8")] == [16, 8, 4, 2, 1]
+
+
+def test_occupancy_follows_registers_warps_and_shared_memory():
+    assert I.occupancy(255, 0, 4) == 8  # 8,192 registers per warp: two 4-warp blocks
+    assert I.occupancy(64, 0, 4) == 32
+    assert I.occupancy(32, 0, 4) == 64  # the 64-warp limit
+    assert I.occupancy(32, 100 * 1024, 4) == 8  # two blocks' shared memory fit in 228 KiB
