@@ -122,6 +122,9 @@ stage_tune() {
 stage_report() {
     local ceil=()
     [ -s "$OUT/ceilings.json" ] && ceil=(--ceilings "$OUT/ceilings.json")
+    # the SASS model's predicted times (bench/inspect_kernels.py, the device's Triton): measured / predicted columns
+    local model="$ROOT/bench/results/inspect-sm90-triton3.6.json"
+    [ -s "$model" ] && ceil+=(--predictions "$model")
     : >"$OUT/report.md.tmp"
     for f in ceilings dwconv dwconv-passes step-gpu; do
         [ -s "$OUT/$f.json" ] || continue

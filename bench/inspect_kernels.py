@@ -340,6 +340,7 @@ def inspect_case(case: Case, target, *, hw: dict[str, float] = H200) -> dict[str
         "case": dataclasses.asdict(case),
         "name": case.name,
         "target": f"sm_{target.arch}",
+        "batch": BATCH,
         "triton": _triton_version(),
         "tile": tile,
         "elements_per_thread": per_thread,

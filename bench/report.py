@@ -222,7 +222,48 @@ def dwconv_summary(data: dict[str, Any], copy_gbps: float | None = None) -> list
     return rows
 
 
-def render_dwconv(data: dict[str, Any], copy_gbps: float | None = None) -> str:
+PREDICTION_HW = {"sms": 132, "clock_ghz": 1.98}  # bench/inspect_kernels.py's H200 (its clk/element figures' unit)
+_PASS_KERNELS = {"fwd": ("fwd",), "bwd": ("dx", "dw"), "fwd_bwd": ("fwd", "dx", "dw")}
+
+
+def load_predictions(path: str | Path) -> dict[tuple, float]:
+    """``bench/inspect_kernels.py --json`` rows → predicted seconds per ``(dtype, pass, layer id, K, layout)``.
+
+    A kernel's time is its predicted clocks per element (the largest of load/store + shuffle, issue and DRAM) times
+    its elements (fwd: y; dx: x; dw: dy) over SMs × clock; a pass sums its kernels (bwd: dx + dW; the dW reduction
+    and launches are left out)."""
+    try:
+        rows = json.loads(Path(path).read_text())
+        kernels: dict[tuple, float] = {}
+        for r in rows:
+            c = r["case"]
+            ch, h, s = c["layer"]
+            k = c["k"]
+            out = (h + 2 * (k // 2) - k) // s + 1
+            size = h if c["kernel"] == "dx" else out
+            elements = r.get("batch", 256) * ch * size * size
+            clk = max(r["lsu_clk_per_element"] + r["shfl_clk_per_element"], r["issue_clk_per_element"])
+            clk = max(clk, r["dram_clk_per_element"])
+            key = (c["dtype"], f"C{ch}xH{h}s{s}", k, c["layout"])
+            kernels[(c["kernel"], *key)] = clk * elements / (PREDICTION_HW["sms"] * PREDICTION_HW["clock_ghz"] * 1e9)
+    except FileNotFoundError:
+        raise ReportError(
+            f"{path}: no such file (write one with python bench/inspect_kernels.py --json {path})"
+        ) from None
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise ReportError(f"{path}: not a bench/inspect_kernels.py result ({type(err).__name__}: {err})") from None
+    out: dict[tuple, float] = {}
+    for _kernel, dtype, layer, k, layout in kernels:
+        for pass_, names in _PASS_KERNELS.items():
+            parts = [kernels.get((n, dtype, layer, k, layout)) for n in names]
+            if all(p is not None for p in parts):
+                out[(dtype, pass_, layer, k, layout)] = sum(parts)
+    return out
+
+
+def render_dwconv(
+    data: dict[str, Any], copy_gbps: float | None = None, predictions: dict[tuple, float] | None = None
+) -> str:
     """The depthwise-kernel summary: per (dtype, pass) a geometric-mean speedup and the goal counts, then the rows."""
     rows = dwconv_summary(data, copy_gbps)
     if not rows:
@@ -231,36 +272,53 @@ def render_dwconv(data: dict[str, Any], copy_gbps: float | None = None) -> str:
     lines = [f"*{_heading(data)}*", ""]
     if copy_gbps:
         lines += [f"Roofline: the device's measured copy bandwidth, {copy_gbps:,.0f} GB/s (bytes read + written).", ""]
+    model = bool(predictions)
     lines += [
         f"| dtype | pass | cases | geomean speedup vs cuDNN's best | ≥ {DWCONV_GOALS['speedup']}× | "
-        f"≥ {100 * DWCONV_GOALS['roofline']:.0f} % roofline |",
-        "|---|---|---:|---:|---:|---:|",
+        f"≥ {100 * DWCONV_GOALS['roofline']:.0f} % roofline |" + (" measured / predicted (geomean) |" if model else ""),
+        "|---|---|---:|---:|---:|---:|" + ("---:|" if model else ""),
     ]
+    for r in rows:  # measured over predicted, per layout of ours (the model of bench/inspect_kernels.py)
+        keys = {lay: (r["dtype"], r["pass"], r["layer"], r["k"], lay) for lay in r["ours"]}
+        r["vs_model"] = {
+            lay: r["ours"][lay] / predictions[key] for lay, key in keys.items() if key in (predictions or {})
+        }
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault((r["dtype"], r["pass"]), []).append(r)
     for (dtype, pass_), rs in groups.items():
         geo = 2 ** (sum(math.log2(r["speedup"]) for r in rs) / len(rs))
         fast = sum(r["speedup"] >= DWCONV_GOALS["speedup"] for r in rs)
-        roof = sum(r["roofline"] >= DWCONV_GOALS["roofline"] for r in rs) if copy_gbps else None
-        lines.append(
-            f"| {dtype} | {pass_} | {len(rs)} | {geo:.2f}× | {fast}/{len(rs)} | "
-            f"{'—' if roof is None else f'{roof}/{len(rs)}'} |"
-        )
+        roof = "—" if not copy_gbps else f"{sum(r['roofline'] >= DWCONV_GOALS['roofline'] for r in rs)}/{len(rs)}"
+        line = f"| {dtype} | {pass_} | {len(rs)} | {geo:.2f}× | {fast}/{len(rs)} | {roof} |"
+        if model:
+            ratios = [v for r in rs for v in r["vs_model"].values()]
+            line += f" {2 ** (sum(math.log2(v) for v in ratios) / len(ratios)):.2f}× |" if ratios else " — |"
+        lines.append(line)
+    head = "| dtype | pass | layer | K | ours N | ours CL | cuDNN N | cuDNN CL | speedup | ours GB/s | roofline |"
     lines += [
         "",
-        "| dtype | pass | layer | K | ours N | ours CL | cuDNN N | cuDNN CL | speedup | ours GB/s | roofline |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        head + (" ours / model N | ours / model CL |" if model else ""),
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if model else ""),
     ]
     for r in rows:
         times = [_time_cell(r["ours"], r["best_ours"], k) for k in layouts]
         times += [_time_cell(r["torch"], r["best_torch"], k) for k in layouts]
         roofline = "—" if r["roofline"] is None else f"{100 * r['roofline']:.0f} %"
-        lines.append(
+        line = (
             f"| {r['dtype']} | {r['pass']} | {r['layer']} | {r['k']} | {' | '.join(times)} | "
             f"{r['speedup']:.2f}× | {r['gbps']:,.0f} | {roofline} |"
         )
+        if model:
+            line += "".join(f" {r['vs_model'][k]:.2f}× |" if k in r["vs_model"] else " — |" for k in layouts)
+        lines.append(line)
     lines += ["", "Speedup: cuDNN's faster layout over ours' faster layout (**bold**: each side's faster one)."]
+    if model:
+        lines.append(
+            "Measured / predicted: ours' median over the time bench/inspect_kernels.py's SASS model predicts "
+            "(near 1: the model's bottleneck is the real one; far above: time it does not see — latency, caches, "
+            "occupancy)."
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -318,13 +376,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--ceilings", metavar="JSON", help="bench/ceilings.py output: the copy bandwidth the dwconv roofline uses"
     )
+    parser.add_argument(
+        "--predictions", metavar="JSON", help="bench/inspect_kernels.py --json output: dwconv times to compare with"
+    )
     args = parser.parse_args(argv)
     try:
         copy_gbps = _copy_gbps(args.ceilings)
+        predictions = load_predictions(args.predictions) if args.predictions else None
         for path in args.json:
             data = load(path)
             if _is_dwconv(data):  # hundreds of two-row groups: one summary table instead
-                body = render_dwconv(data, copy_gbps)
+                body = render_dwconv(data, copy_gbps, predictions)
             else:
                 body = render(data, args.reference, args.rerun)
             if args.update:

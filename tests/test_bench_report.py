@@ -120,3 +120,47 @@ def test_dwconv_summary_compares_the_best_layouts_and_the_roofline(tmp_path, cap
     assert "copy_gbps must be a positive number" in capsys.readouterr().err
     assert report.main([str(path), "--ceilings", str(tmp_path / "none.json")]) == 2
     assert "bench/ceilings.py --out" in capsys.readouterr().err
+
+
+def _inspect_row(kernel, layout, clk, *, dtype="bf16", layer=(144, 56, 1), k=3, batch=256):
+    # the fields of a bench/inspect_kernels.py row that report.py reads: here the issue term is the largest
+    return dict(
+        case=dict(kernel=kernel, layer=list(layer), k=k, layout=layout, dtype=dtype), batch=batch,
+        lsu_clk_per_element=clk / 2, shfl_clk_per_element=0.0, issue_clk_per_element=clk, dram_clk_per_element=clk / 4,
+    )  # fmt: skip
+
+
+def test_dwconv_summary_sets_measured_times_against_the_sass_model(tmp_path, capsys):
+    # 256 · 144 · 56² = 115.6 M elements per kernel (stride 1, K 3: y, x and dy all 56²); at 132 SMs × 1.98 GHz,
+    # 1 clk/element is 115.6e6 / 261.36e9 s = 442.3 µs. Predicted fwd_bwd in CL: (1 + 0.5 + 0.5) clk = 884.6 µs.
+    elements = 256 * 144 * 56 * 56
+    unit = elements / (132 * 1.98e9)
+    rows = [_inspect_row("fwd", "channels_last", 1.0), _inspect_row("dx", "channels_last", 0.5),
+            _inspect_row("dw", "channels_last", 0.5), _inspect_row("fwd", "nchw", 2.0)]  # fmt: skip
+    path = tmp_path / "inspect.json"
+    path.write_text(json.dumps(rows))
+    predictions = report.load_predictions(path)
+    assert predictions[("bf16", "fwd", "C144xH56s1", 3, "channels_last")] == pytest.approx(unit)
+    assert predictions[("bf16", "bwd", "C144xH56s1", 3, "channels_last")] == pytest.approx(unit)
+    assert predictions[("bf16", "fwd_bwd", "C144xH56s1", 3, "channels_last")] == pytest.approx(2 * unit)
+    assert ("bf16", "bwd", "C144xH56s1", 3, "nchw") not in predictions  # no dx/dW rows for NCHW: no backward
+    benches = [
+        _dw("ours", "nchw", 0.004, ops=4),
+        _dw("ours", "channels_last", 4 * 2 * unit * 1.5, ops=4),  # 1.5× the predicted time
+        _dw("torch", "nchw", 0.002),
+        _dw("torch", "channels_last", 0.0008),
+    ]
+    text = report.render_dwconv(_data(benches), None, predictions)
+    assert "| measured / predicted (geomean) |" in text and "| bf16 | fwd_bwd | 1 |" in text
+    assert "1.50× |" in text.splitlines()[4]  # the group row: only the CL time has a prediction
+    case_row = next(line for line in text.splitlines() if "C144xH56s1" in line)
+    assert case_row.endswith("| — | — | 1.50× |")  # no roofline (no ceilings), NCHW unpredicted, CL 1.5×
+    bench_path = tmp_path / "dwconv.json"
+    bench_path.write_text(json.dumps(_data(benches)))
+    assert report.main([str(bench_path), "--predictions", str(path)]) == 0
+    assert "ours / model CL" in capsys.readouterr().out
+    (tmp_path / "bad.json").write_text(json.dumps([{"case": {}}]))
+    assert report.main([str(bench_path), "--predictions", str(tmp_path / "bad.json")]) == 2
+    assert "not a bench/inspect_kernels.py result" in capsys.readouterr().err
+    assert report.main([str(bench_path), "--predictions", str(tmp_path / "none.json")]) == 2
+    assert "inspect_kernels.py --json" in capsys.readouterr().err
