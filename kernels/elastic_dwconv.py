@@ -316,7 +316,7 @@ def _tile(c: int, h: int, w: int, channels_last: bool, elem_size: int, k: int, *
     op); for 7×7 in NCHW, 512 elements of at most 8 rows, 4 per thread (there each element's 49 loads are scalar, and
     the 1024-element tiles of up to 32 rows hit 255 registers and spilled on sm_90 with both Triton 3.6's and 3.7's
     ptxas: bench/inspect_kernels.py). Weight gradient, whose tile has a tap axis of ``next_power_of_2(K²)`` in front:
-    ~4096 (tap, element) products in 4 warps.
+    ~4096 (tap, element) products, in 4 warps (2 for NCHW rows of ≥ 32 columns).
 
     NCHW: W is contiguous, so a row of up to 64 columns per tile (≥ 128 contiguous bytes at stride 1; at stride 2 the
     skipped columns are the next tap's and hit L1), rows to fill the tile, and small planes (14², 7²) take several
@@ -336,7 +336,11 @@ def _tile(c: int, h: int, w: int, channels_last: bool, elem_size: int, k: int, *
         block_h = min(p2(h), max(1, budget // block_w), 8 if small else budget)
         block_c = min(p2(c), max(1, budget // (block_h * block_w)))
     elements = taps * block_c * block_h * block_w
-    per_thread = 4 if small else 8
+    # dW in NCHW with rows of ≥ 32 columns: 2 warps (64 products a thread), so the warps lie along W in both its dy
+    # and (tap, x) tiles: with 4, Triton 3.6 split them over taps and rows differently and converted dy's layout
+    # through shared memory (two barriers) every trip, and each row's address and mask work was shared by half as
+    # many products. Narrower planes keep 4 warps (with 2, the 14² and 7² ones spilled)
+    per_thread = 4 if small else 64 if wgrad and not channels_last and block_w >= 32 else 8
     return _Tile(block_c, block_h, block_w, num_warps=max(1, min(4, elements // (32 * per_thread))))
 
 
