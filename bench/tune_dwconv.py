@@ -43,7 +43,8 @@ SMOKE_LAYERS = [(5, 6, 2)]
 
 # (BLOCK_C, BLOCK_H, BLOCK_W, num_warps): 512–4096-element tiles around the current rule's choice. The larger
 # channels_last ones give each thread several positions, over which its per-tap weight loads are shared (fewer
-# instructions per element in bench/inspect_kernels.py's count; at 255 registers, so fewer resident warps)
+# instructions per element in bench/inspect_kernels.py's count, but at 255 registers, so fewer resident warps, and
+# 24–112 bytes of spills at 7×7)
 NCHW_TILES = [
     (1, 16, 64, 4), (1, 8, 64, 2), (1, 32, 64, 8), (1, 32, 32, 4), (1, 16, 32, 2), (2, 8, 64, 4),
     (2, 16, 32, 4), (4, 8, 32, 4), (4, 16, 16, 4), (8, 8, 16, 4), (16, 8, 8, 4), (8, 4, 16, 2),
