@@ -120,18 +120,18 @@ stage_tune() {
 }
 
 stage_report() {
-    local ceil=()
-    [ -s "$OUT/ceilings.json" ] && ceil=(--ceilings "$OUT/ceilings.json")
+    local report_args=()
+    [ -s "$OUT/ceilings.json" ] && report_args=(--ceilings "$OUT/ceilings.json")
     # the SASS model's predicted times (bench/inspect_kernels.py, the device's Triton): measured / predicted columns
     local model="$ROOT/bench/results/inspect-sm90-triton3.6.json"
-    [ -s "$model" ] && ceil+=(--predictions "$model")
+    [ -s "$model" ] && report_args+=(--predictions "$model")
     : >"$OUT/report.md.tmp"
     for f in ceilings dwconv dwconv-passes step-gpu; do
         [ -s "$OUT/$f.json" ] || continue
         if [ "$f" = ceilings ]; then
             { echo "## ceilings"; echo; echo '```'; cat "$OUT/ceilings.json"; echo '```'; echo; } >>"$OUT/report.md.tmp"
         else
-            { echo "## $f"; echo; "$PY" bench/report.py "$OUT/$f.json" "${ceil[@]}" 2>&1; echo; } >>"$OUT/report.md.tmp"
+            { echo "## $f"; echo; "$PY" bench/report.py "$OUT/$f.json" "${report_args[@]}" 2>&1; echo; } >>"$OUT/report.md.tmp"
         fi
     done
     if [ -s "$OUT/tune.json" ]; then

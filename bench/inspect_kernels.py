@@ -52,13 +52,11 @@ from typing import Any
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repository root, for bench.*
+from bench.dwconv_layers import LAYERS  # noqa: E402
+
 K_MAX = 7
 BATCH = 256
-# (C, H_in, stride) of OFA-MBV3 w1.0's depthwise layers at 224 px (the same list as bench/test_bench_dwconv.py)
-LAYERS = [
-    (16, 112, 1), (96, 112, 2), (72, 56, 2), (144, 56, 1), (144, 56, 2), (240, 28, 1), (240, 28, 2), (480, 14, 1),
-    (672, 14, 1), (672, 14, 2), (960, 7, 1),
-]  # fmt: skip
 SMOKE_CASES = [  # (kernel, layer, K, layout, dtype): each kernel, both layouts and dtypes, K 3 and 7, stride 1 and 2
     ("fwd", (144, 56, 1), 7, "channels_last", "bf16"),
     ("fwd", (72, 56, 2), 3, "nchw", "fp32"),
@@ -117,7 +115,7 @@ def record_launches(case: Case, *, batch: int = BATCH, sm_count: int = H200["sms
     c, h, s = case.layer
     k, dtype = case.k, DTYPES[case.dtype]
     fmt = torch.channels_last if case.layout == "channels_last" else torch.contiguous_format
-    oh = (h + 2 * (k // 2) - k) // s + 1
+    oh = E._out_size(h, k, s)
 
     def act(size: int) -> torch.Tensor:
         return torch.empty((batch, c, size, size), dtype=dtype, device="meta", memory_format=fmt)
@@ -320,8 +318,8 @@ def inspect_case(case: Case, target, *, hw: dict[str, float] = H200) -> dict[str
     launch = record_launches(case, sm_count=int(hw["sms"]))[0]
     kw = launch.kwargs
     # the weight gradient sweeps each row of work in column tiles (its inner loop)
-    oh_ow = (case.layer[1] + 2 * (case.k // 2) - case.k) // case.layer[2] + 1
-    trips = math.ceil(oh_ow / kw["BLOCK_W"]) if case.kernel == "dw" else 1
+    out = _kernels_module()._out_size(case.layer[1], case.k, case.layer[2])
+    trips = math.ceil(out / kw["BLOCK_W"]) if case.kernel == "dw" else 1
     key = _specialization_key(launch, target)
     if key not in _CUBINS:  # layers differing only in sizes Triton does not specialize on share one binary
         _CUBINS[key] = compile_launch(launch, target).asm["cubin"]

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.ceilings import median_seconds
+from bench.dwconv_layers import LAYERS as OFA_MBV3_LAYERS
 
 DEVICE = os.environ.get("DEPS_BENCH_DEVICE", "cuda")
 SMOKE = DEVICE != "cuda"  # the interpreter at tiny sizes: the code path, not a measurement
@@ -49,20 +50,7 @@ if SMOKE:  # read when deps_kernels.elastic_dwconv is first imported (lazily, in
 BATCH = 2 if SMOKE else 256
 K_MAX = 7
 ROUNDS = 2 if SMOKE else 20
-# (C, H_in, stride) of OFA-MBV3 w1.0's depthwise layers at 224 px
-LAYERS = [
-    (16, 112, 1),  # first block (fixed, e = 1)
-    (96, 112, 2),  # stage 1 entry, e = 6
-    (72, 56, 2),  # stage 2 entry, e = 3
-    (144, 56, 1),  # stage 1, e = 6
-    (144, 56, 2),  # stage 2 entry, e = 6
-    (240, 28, 1),  # stage 2, e = 6
-    (240, 28, 2),  # stage 3 entry, e = 6
-    (480, 14, 1),  # stage 3/4, e = 6
-    (672, 14, 1),  # stage 4, e = 6
-    (672, 14, 2),  # stage 5 entry, e = 6
-    (960, 7, 1),  # stage 5, e = 6
-]
+LAYERS = list(OFA_MBV3_LAYERS)
 if SMOKE:
     LAYERS = [(6, 9, 1), (5, 8, 2)]  # odd, non-power-of-two channels and sizes
 KERNELS = [3, 5, 7]
