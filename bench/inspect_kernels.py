@@ -20,16 +20,20 @@ From those counts it predicts, per element, where the time of these memory-bound
 - ``DRAM``: the fewest bytes per element (inputs read and outputs written once) over the per-SM share of the copy
   bandwidth (``--copy-gbps`` over SMs × clock; by default 4,300 GB/s, 132 SMs, 1.98 GHz, measured on this
   workplace's H200 on 2026-10-28).
+- Per element means per real element: a tile running past the layer's edge (channels, rows, columns) computes
+  elements that are thrown away (``lanes_used``, the share kept).
 - ``bound`` = max(LSU + SHFL, issue) / DRAM: over 1, the kernel is predicted to be limited by its instructions, not
   by DRAM, to at most 1 / bound of the memory roofline.
 
 Counts are static. The forward and input-gradient kernels have no loops (every tap unrolled), so theirs are per
-program; the weight-gradient kernel's are one trip of its inner loop over column tiles plus its share of the row loop
-around it (:func:`hot_census`), per element of one tile (``dy``).
+program (a dx program covers its tile at each of the stride² input phases); the weight-gradient kernel's are one
+trip of its inner loop over column tiles plus its share of the row loop around it (:func:`hot_census`), per element
+of one tile (``dy``).
 
     python bench/inspect_kernels.py                       # every layer × K × layout × dtype, a table
     python bench/inspect_kernels.py --json sass.json --target sm_80
     python bench/inspect_kernels.py --smoke               # a few cases (the CI test)
+    python bench/inspect_kernels.py --compare before.json after.json   # geometric means, before → after
 
 Run it without ``TRITON_INTERPRET`` (the interpreter has nothing to compile).
 """
@@ -64,6 +68,7 @@ SMOKE_CASES = [  # (kernel, layer, K, layout, dtype): each kernel, both layouts 
     ("dx", (240, 28, 1), 3, "channels_last", "fp32"),
     ("dw", (480, 14, 1), 7, "channels_last", "bf16"),
     ("dw", (96, 112, 2), 3, "nchw", "fp32"),
+    ("dx", (72, 56, 2), 5, "channels_last", "bf16"),  # a width that is not a multiple of 16
 ]
 KERNELS = ["fwd", "dx", "dw"]
 LAYOUTS = ["nchw", "channels_last"]
@@ -309,6 +314,20 @@ def _min_bytes_per_element(case: Case) -> float:
     return (1 + s2) * b  # dw: read dy and x (s² per dy element); the dW written is negligible
 
 
+def lanes_used(case: Case, tile: tuple[int, ...]) -> float:
+    """The share of the programs' elements that are real: the last tile along each axis may run past the layer
+    (72 channels in 64-channel tiles: 128 computed, 72 kept). Costs per element are per real element."""
+    c, h, s = case.layer
+    oh = (h + 2 * (case.k // 2) - case.k) // s + 1  # 'same' padding
+    grid = {"fwd": (oh, oh), "dw": (oh, oh), "dx": (math.ceil(h / s), math.ceil(h / s))}[case.kernel]
+    share = 1.0
+    for size, block in zip((c, *grid), tile[:3]):
+        share *= size / (math.ceil(size / block) * block)
+    if case.kernel == "dx":  # the stride² phases of the last (a, b) tile may run past the input
+        share *= (h / (math.ceil(h / s) * s)) ** 2
+    return share
+
+
 _CUBINS: dict[str, bytes] = {}  # per-process memo of compiled binaries by specialization (a cache, not state)
 
 
@@ -325,8 +344,11 @@ def inspect_case(case: Case, target, *, hw: dict[str, float] = H200) -> dict[str
         _CUBINS[key] = compile_launch(launch, target).asm["cubin"]
     info = read_cubin(_CUBINS[key], trips)
     tile = (kw["BLOCK_C"], kw["BLOCK_H"], kw["BLOCK_W"], kw["num_warps"])
-    per_thread = kw["BLOCK_C"] * kw["BLOCK_H"] * kw["BLOCK_W"] / (32 * kw["num_warps"])
-    lanes = 32 * per_thread  # elements per warp
+    # a dx program computes its tile at each of the stride² phases (the input positions a·s + p)
+    phases = case.layer[2] ** 2 if case.kernel == "dx" else 1
+    per_thread = kw["BLOCK_C"] * kw["BLOCK_H"] * kw["BLOCK_W"] * phases / (32 * kw["num_warps"])
+    used = lanes_used(case, tile)
+    lanes = 32 * per_thread * used  # useful elements per warp
     global_clk = sum(
         max(1.0, w / 4) * n for by in ("ldg_by_width", "stg_by_width", "local_by_width") for w, n in info[by].items()
     )
@@ -342,6 +364,7 @@ def inspect_case(case: Case, target, *, hw: dict[str, float] = H200) -> dict[str
         "triton": _triton_version(),
         "tile": tile,
         "elements_per_thread": per_thread,
+        "lanes_used": used,
         **info,
         "warps_per_sm": occupancy(info["regs"], info["shared"], kw["num_warps"]),
         "ldg_per_element": sum(info["ldg"].values()) / per_thread,
@@ -407,16 +430,60 @@ def summarize(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _bound(row: dict[str, Any]) -> float:
+    """A row's bound per real element (rows written before ``lanes_used`` counted every computed element)."""
+    if "lanes_used" in row:
+        return row["bound"]
+    return row["bound"] / lanes_used(Case(**{**row["case"], "layer": tuple(row["case"]["layer"])}), row["tile"])
+
+
+def compare(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> str:
+    """Per kernel × layout × dtype, over the cases both files hold: the geometric mean of ``bound`` before → after
+    (all K, and K = 7 alone), the cases spilling, and the most registers after."""
+    old = {r["name"]: r for r in before}
+    groups: dict[tuple[str, str, str], list[tuple[dict, dict]]] = {}
+    for r in after:
+        if r["name"] in old:
+            c = r["case"]
+            groups.setdefault((c["kernel"], c["layout"], c["dtype"]), []).append((old[r["name"]], r))
+
+    def gm(pairs, i):
+        return math.exp(sum(math.log(_bound(p[i])) for p in pairs) / len(pairs)) if pairs else float("nan")
+
+    def spills(r):
+        return bool(r["local"] or r["stack"] or r["ldl"] or r["stl"])
+
+    lines = [
+        "| kernel | layout | dtype | cases | bound: before → after | K = 7 only | cases spilling | max regs after |",
+        "|---|---|---|---:|---|---|---|---:|",
+    ]
+    for (kernel, layout, dtype), pairs in groups.items():
+        k7 = [p for p in pairs if p[1]["case"]["k"] == 7]
+        lines.append(
+            f"| {kernel} | {layout} | {dtype} | {len(pairs)} | {gm(pairs, 0):.2f} → {gm(pairs, 1):.2f} "
+            f"| {gm(k7, 0):.2f} → {gm(k7, 1):.2f} | {sum(spills(a) for a, _ in pairs)} → "
+            f"{sum(spills(b) for _, b in pairs)} | {max(b['regs'] for _, b in pairs)} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--target", default="sm_90", help="CUDA target, e.g. sm_90 (H100/H200), sm_80 (A100)")
     parser.add_argument("--json", metavar="FILE", help="write every row as JSON")
-    parser.add_argument("--smoke", action="store_true", help="six cases (one per kernel × layout × dtype mix)")
+    parser.add_argument("--smoke", action="store_true", help="seven cases (each kernel, layout and dtype)")
     parser.add_argument("--kernel", choices=KERNELS, action="append", help="only these kernels (repeatable)")
     parser.add_argument("--layout", choices=LAYOUTS, action="append", help="only these layouts (repeatable)")
     parser.add_argument("--dtype", choices=list(DTYPES), action="append", help="only these dtypes (repeatable)")
     parser.add_argument("--copy-gbps", type=float, default=H200["copy_gbps"], help="measured copy bandwidth")
+    parser.add_argument(
+        "--compare", nargs=2, metavar=("BEFORE", "AFTER"), help="compare two --json files (compiles nothing)"
+    )
     args = parser.parse_args(argv)
+    if args.compare:
+        before, after = (json.loads(Path(f).read_text()) for f in args.compare)
+        print(compare(before, after))
+        return 0
     if args.copy_gbps <= 0:
         parser.error(f"--copy-gbps must be positive; got {args.copy_gbps}")
     try:

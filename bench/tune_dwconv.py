@@ -1,13 +1,14 @@
 """Tile sweep for the elastic depthwise kernels: which ``(BLOCK_C, BLOCK_H, BLOCK_W, num_warps)`` is fastest per
 kernel, layout and layer class, against the tile that ``deps_kernels.elastic_dwconv._tile`` picks now.
 
-The kernels take their tile from a fixed rule (~1024 elements, 128 contiguous bytes along the contiguous axis) that
-was written without a GPU. This sweep is the measurement that rule should be replaced by: for a few OFA-MBV3 w1.0
-depthwise layers at batch 256 (one per spatial size), K = 3 and 7, NCHW and channels_last, bf16, it times the forward,
-input-gradient and weight-gradient launchers over twelve candidate tiles per layout and prints, per case, the
-default tile, the best tile and the gain. Correctness first: every candidate's output is compared with the default
-tile's (forward and dx bit-identical — the per-element sum order does not depend on the tile; dW to 1e-5 relative
-(norm) in fp32 accumulation, whose split order does) and a mismatch is reported and excluded, never timed.
+The kernels take their tile from a fixed rule (128 contiguous bytes along the contiguous axis, 1024–2048 elements: see
+``_tile``) that was written without a GPU, from the SASS counts of bench/inspect_kernels.py. This sweep is the
+measurement that rule should be replaced by: for a few OFA-MBV3 w1.0 depthwise layers at batch 256 (one per spatial
+size), K = 3 and 7, NCHW and channels_last, bf16, it times the forward, input-gradient and weight-gradient launchers
+over twelve candidate tiles per layout and prints, per case, the default tile, the best tile and the gain. Correctness
+first: every candidate's output is compared with the default tile's (forward and dx bit-identical — the per-element sum
+order does not depend on the tile; dW to 1e-5 relative (norm) in fp32 accumulation, whose split order does) and a
+mismatch is reported and excluded, never timed.
 
 Timing: ``triton.testing.do_bench`` (CUDA events, L2 flushed before each repeat, median). The sweep stops starting
 new cases after ``--budget-s`` seconds (Triton compiles each candidate once) and writes what it has.
@@ -41,17 +42,16 @@ LAYERS = [(144, 56, 1), (240, 28, 2), (672, 14, 1), (96, 112, 2), (960, 7, 1)]
 SMOKE_LAYERS = [(5, 6, 2)]
 
 
-# (BLOCK_C, BLOCK_H, BLOCK_W, num_warps): 512–4096-element tiles around the current rule's choice. The larger
-# channels_last ones give each thread several positions, over which its per-tap weight loads are shared (fewer
-# instructions per element in bench/inspect_kernels.py's count, but at 255 registers, so fewer resident warps, and
-# 24–112 bytes of spills at 7×7)
+# (BLOCK_C, BLOCK_H, BLOCK_W, num_warps): 512–4096-element tiles around the current rule's choice. The channels_last
+# ones give each thread one to four positions for its 16-byte vector of channels, over which its scalar per-tap
+# weight loads are shared (the rule takes two in bf16: four spilled at 5×5 and 7×7 on sm_90), and 16–128 channels
 NCHW_TILES = [
     (1, 16, 64, 4), (1, 8, 64, 2), (1, 32, 64, 8), (1, 32, 32, 4), (1, 16, 32, 2), (2, 8, 64, 4),
     (2, 16, 32, 4), (4, 8, 32, 4), (4, 16, 16, 4), (8, 8, 16, 4), (16, 8, 8, 4), (8, 4, 16, 2),
 ]  # fmt: skip
 CL_TILES = [
-    (64, 4, 4, 4), (64, 2, 8, 4), (64, 8, 4, 8), (64, 1, 8, 2), (128, 2, 4, 4), (128, 4, 4, 8),
-    (128, 1, 8, 4), (32, 4, 8, 4), (32, 8, 8, 8), (64, 1, 32, 4), (16, 8, 8, 4), (64, 1, 64, 4),
+    (64, 1, 16, 4), (64, 2, 8, 4), (64, 1, 32, 4), (64, 2, 16, 4), (64, 1, 64, 4), (64, 1, 32, 8),
+    (32, 2, 32, 4), (32, 1, 32, 4), (32, 4, 16, 4), (16, 4, 32, 4), (128, 1, 16, 4), (128, 1, 16, 8),
 ]  # fmt: skip
 
 # The weight gradient's tile has a tap axis of next_power_of_2(K²) in front: these are for K = 7 (64 taps, 1024–8192
@@ -137,11 +137,12 @@ def sweep(*, smoke: bool, budget_s: float, kernels=("fwd", "dx", "dw"), progress
             if time.perf_counter() - start > budget_s:
                 progress(f"budget of {budget_s:.0f} s spent: {len(results)} cases done")
                 return results
-            default = E._default_tile(kernel, x, gy.shape[2], gy.shape[3], k)
+            default = E._default_tile(kernel, x, gy.shape[2], gy.shape[3], k, layer[2])
             ref = run(default).clone()
             base = _time(functools.partial(run, default), device)
             best, best_t, rejected = default, base, []
-            grid_hw = gy.shape[2:] if kernel != "dx" else x.shape[2:]
+            # dx programs tile the input grid divided by the stride (each covers the stride² phases)
+            grid_hw = gy.shape[2:] if kernel != "dx" else [-(-d // layer[2]) for d in x.shape[2:]]
             for tile in candidates(layout, x.shape[1], *grid_hw, smoke=smoke, kernel=kernel, k=k):
                 if tile == default:
                     continue

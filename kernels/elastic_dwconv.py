@@ -33,6 +33,7 @@ because the generated custom-op autograd does not work under ``torch.func`` (see
 """
 
 import functools
+import math
 import os
 from typing import NamedTuple, Optional
 
@@ -62,6 +63,23 @@ def _tile_coords(pid, C, OH, OW, BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr, B
 
 
 @triton.jit
+def _at(ptr, n, c, h, w, sn, sc, sh, sw, CL: tl.constexpr, ALIGN: tl.constexpr):
+    # ptr + the offset of element (n, c, h, w), told that the offset along the axes other than the contiguous one (C
+    # in channels_last, W otherwise) is a multiple of ALIGN (the launcher's _align): Triton records an integer
+    # argument's divisibility only when it is a multiple of 16, so the rows of a 72-channel layer (144 bytes,
+    # 16-byte aligned) were otherwise taken to be unaligned
+    if CL:
+        off = n * sn + h * sh + w * sw
+        last = c * sc
+    else:
+        off = n * sn + c * sc + h * sh
+        last = w * sw
+    if ALIGN > 1 and off.numel > 1:  # (one position: Triton folds the offset to a scalar, which cannot carry it)
+        off = tl.multiple_of(off, (ALIGN,) * len(off.shape))
+    return ptr + off + last
+
+
+@triton.jit
 def _dwconv_fwd_kernel(
     x_ptr,  # [N, C', H, W], strides (sxn, sxc, sxh, sxw)
     w_ptr,  # [C_w, 1, K_w, K_w] stored kernel; tap (i, j) of channel c at c·swc + (w_off + i)·swh + (w_off + j)·sww
@@ -75,14 +93,18 @@ def _dwconv_fwd_kernel(
     sxc,
     sxh,
     sxw,
-    swc,
-    swh,
-    sww,
-    w_off,
     syn,
     syc,
     syh,
     syw,
+    CL: tl.constexpr,  # channels_last (C contiguous) or not (W contiguous)
+    CA: tl.constexpr,  # a power of two dividing C (up to 16)
+    XA: tl.constexpr,  # _align of x and of y
+    YA: tl.constexpr,
+    SWC: tl.constexpr,
+    SWH: tl.constexpr,
+    SWW: tl.constexpr,
+    W_OFF: tl.constexpr,
     K: tl.constexpr,
     STRIDE: tl.constexpr,
     ACC: tl.constexpr,
@@ -94,22 +116,22 @@ def _dwconv_fwd_kernel(
     # y[n, c, oh, ow] = Σ_ij x[n, c, oh·s + i - K//2, ow·s + j - K//2] · w[c, w_off + i, w_off + j]
     n, oh, ow = _tile_coords(tl.program_id(0), C, OH, OW, BLOCK_C, BLOCK_H, BLOCK_W)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = c < C
+    c_ok = tl.max_constancy(c < C, (CA,))  # C is a multiple of CA: the mask is whole over each vector of channels
     c3, c_ok3 = c[:, None, None], c_ok[:, None, None]
-    x_base = x_ptr + n * sxn + c3 * sxc
-    w_base = w_ptr + c * swc + w_off * (swh + sww)  # tap (0, 0) of the window
+    w_base = w_ptr + tl.minimum(c, C - 1) * SWC + W_OFF * (SWH + SWW)  # tap (0, 0) of the window
     acc = tl.zeros([BLOCK_C, BLOCK_H, BLOCK_W], dtype=ACC)
     for i in tl.static_range(K):
         ih = oh * STRIDE + (i - K // 2)
-        x_row = x_base + ih * sxh
         row_ok = c_ok3 & (ih >= 0) & (ih < H)
         for j in tl.static_range(K):
             iw = ow * STRIDE + (j - K // 2)
-            xv = tl.load(x_row + iw * sxw, mask=row_ok & (iw >= 0) & (iw < W), other=0.0)
-            wv = tl.load(w_base + (i * swh + j * sww), mask=c_ok, other=0.0)
+            x = _at(x_ptr, n, c3, ih, iw, sxn, sxc, sxh, sxw, CL, XA)
+            xv = tl.load(x, mask=row_ok & (iw >= 0) & (iw < W), other=0.0)
+            wv = tl.load(w_base + (i * SWH + j * SWW))
             acc += xv.to(ACC) * wv.to(ACC)[:, None, None]
     y_ok = c_ok3 & (oh < OH) & (ow < OW)
-    tl.store(y_ptr + n * syn + c3 * syc + oh * syh + ow * syw, acc.to(y_ptr.dtype.element_ty), mask=y_ok)
+    y = _at(y_ptr, n, c3, oh, ow, syn, syc, syh, syw, CL, YA)
+    tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=y_ok)
 
 
 @triton.jit
@@ -126,14 +148,18 @@ def _dwconv_grad_input_kernel(
     sgc,
     sgh,
     sgw,
-    swc,
-    swh,
-    sww,
-    w_off,
     sdn,
     sdc,
     sdh,
     sdw,
+    CL: tl.constexpr,  # channels_last (C contiguous) or not (W contiguous)
+    CA: tl.constexpr,  # a power of two dividing C (up to 16)
+    GA: tl.constexpr,  # _align of gy and of dx
+    DA: tl.constexpr,
+    SWC: tl.constexpr,
+    SWH: tl.constexpr,
+    SWW: tl.constexpr,
+    W_OFF: tl.constexpr,
     K: tl.constexpr,
     STRIDE: tl.constexpr,
     ACC: tl.constexpr,
@@ -141,28 +167,35 @@ def _dwconv_grad_input_kernel(
     BLOCK_H: tl.constexpr,
     BLOCK_W: tl.constexpr,
 ):
-    # grid (N · tiles(H) · tiles(W), tiles(C')): dx[n, c, h, w] = Σ_ij gy[n, c, (h + K//2 - i) / s, (w + K//2 - j) / s]
-    # w[c, i, j] over the taps where the division is exact and in range (a gather: no write conflicts)
-    n, ih, iw = _tile_coords(tl.program_id(0), C, H, W, BLOCK_C, BLOCK_H, BLOCK_W)
+    # grid (N · tiles(⌈H/s⌉) · tiles(⌈W/s⌉), tiles(C')): dx[n, c, h, w] = Σ_ij gy[n, c, (h + K//2 - i) / s,
+    # (w + K//2 - j) / s] w[c, i, j] over the taps where the division is exact and in range (a gather: no write
+    # conflicts). Which taps those are depends only on (h mod s, w mod s): a program takes a tile (a, b) of the
+    # ⌈H/s⌉ × ⌈W/s⌉ grid and computes dx at (a·s + ph, b·s + pw) for each of the s² phases in turn, each with its own
+    # taps only, so a stride-2 dx element costs ~K²/4 loads instead of K² mostly masked ones
+    n, a, b = _tile_coords(tl.program_id(0), C, tl.cdiv(H, STRIDE), tl.cdiv(W, STRIDE), BLOCK_C, BLOCK_H, BLOCK_W)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = c < C
+    c_ok = tl.max_constancy(c < C, (CA,))  # C is a multiple of CA: the mask is whole over each vector of channels
     c3, c_ok3 = c[:, None, None], c_ok[:, None, None]
-    g_base = gy_ptr + n * sgn + c3 * sgc
-    w_base = w_ptr + c * swc + w_off * (swh + sww)  # tap (0, 0) of the window
-    acc = tl.zeros([BLOCK_C, BLOCK_H, BLOCK_W], dtype=ACC)
-    for i in tl.static_range(K):
-        th = ih + (K // 2 - i)
-        oh = th // STRIDE
-        g_row = g_base + oh * sgh
-        row_ok = c_ok3 & (th >= 0) & (th % STRIDE == 0) & (oh < OH)
-        for j in tl.static_range(K):
-            tw = iw + (K // 2 - j)
-            ow = tw // STRIDE
-            g = tl.load(g_row + ow * sgw, mask=row_ok & (tw >= 0) & (tw % STRIDE == 0) & (ow < OW), other=0.0)
-            wv = tl.load(w_base + (i * swh + j * sww), mask=c_ok, other=0.0)
-            acc += g.to(ACC) * wv.to(ACC)[:, None, None]
-    dx_ok = c_ok3 & (ih < H) & (iw < W)
-    tl.store(dx_ptr + n * sdn + c3 * sdc + ih * sdh + iw * sdw, acc.to(dx_ptr.dtype.element_ty), mask=dx_ok)
+    w_base = w_ptr + tl.minimum(c, C - 1) * SWC + W_OFF * (SWH + SWW)  # tap (0, 0) of the window
+    for ph in tl.static_range(STRIDE):
+        for pw in tl.static_range(STRIDE):
+            acc = tl.zeros([BLOCK_C, BLOCK_H, BLOCK_W], dtype=ACC)
+            for i in tl.static_range(K):
+                if (ph + K // 2 - i) % STRIDE == 0:  # a compile-time test: this phase's rows of taps
+                    oh = a + (ph + K // 2 - i) // STRIDE
+                    row_ok = c_ok3 & (oh >= 0) & (oh < OH)
+                    for j in tl.static_range(K):
+                        if (pw + K // 2 - j) % STRIDE == 0:
+                            ow = b + (pw + K // 2 - j) // STRIDE
+                            g_at = _at(gy_ptr, n, c3, oh, ow, sgn, sgc, sgh, sgw, CL, GA)
+                            g = tl.load(g_at, mask=row_ok & (ow >= 0) & (ow < OW), other=0.0)
+                            wv = tl.load(w_base + (i * SWH + j * SWW))
+                            acc += g.to(ACC) * wv.to(ACC)[:, None, None]
+            ih = a * STRIDE + ph
+            iw = b * STRIDE + pw
+            dx_ok = c_ok3 & (ih < H) & (iw < W)
+            dx = _at(dx_ptr, n, c3, ih, iw, sdn, sdc, sdh, sdw, CL, DA)
+            tl.store(dx, acc.to(dx_ptr.dtype.element_ty), mask=dx_ok)
 
 
 @triton.jit
@@ -185,6 +218,10 @@ def _dwconv_grad_weight_partial_kernel(
     sxc,
     sxh,
     sxw,
+    CL: tl.constexpr,  # channels_last (C contiguous) or not (W contiguous)
+    CA: tl.constexpr,  # a power of two dividing C (up to 16)
+    GA: tl.constexpr,  # _align of gy and of x
+    XA: tl.constexpr,
     K: tl.constexpr,
     STRIDE: tl.constexpr,
     ACC: tl.constexpr,
@@ -200,11 +237,12 @@ def _dwconv_grad_weight_partial_kernel(
     # elementwise, and positions are summed once at the end, so the loops have no cross-thread reduction (summing each
     # tile per tap cost 49 reductions, with their shuffles and barriers, per tile), and the column loop no division.
     c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = tl.max_constancy(c < C, (CA,))  # C is a multiple of CA: the mask is whole over each vector of channels
     split = tl.program_id(1)
     c4 = c[None, :, None, None]
     t = tl.arange(0, BLOCK_T)[:, None, None, None]
     di = t // K - K // 2  # the tap's offset from the centre, rows and columns
-    tap_ok = (t < K * K) & (c4 < C)
+    tap_ok = (t < K * K) & c_ok[None, :, None, None]
     col = tl.arange(0, BLOCK_W)[None, None, None, :]
     c3 = c[:, None, None]
     col3 = tl.arange(0, BLOCK_W)[None, None, :]
@@ -221,14 +259,19 @@ def _dwconv_grad_weight_partial_kernel(
         # dy is loaded [channels, rows, columns] and broadcast over the taps after its conversion: built with the tap
         # axis, the load was repeated (and converted) once per register repetition of the tap axis
         oh3 = (r % tiles_h) * BLOCK_H + tl.arange(0, BLOCK_H)[None, :, None]
-        g_ok = (c3 < C) & (oh3 < OH)
-        g_row = gy_ptr + n * sgn + c3 * sgc + oh3 * sgh + col3 * sgw
-        x_row = x_ptr + n * sxn + c4 * sxc + ih * sxh + icol * sxw
+        g_ok = c_ok[:, None, None] & (oh3 < OH)
+        g_row = _at(gy_ptr, n, c3, oh3, col3, sgn, sgc, sgh, sgw, CL, GA)
+        x_row = _at(x_ptr, n, c4, ih, icol, sxn, sxc, sxh, sxw, CL, XA)
         for ow0 in range(0, OW, BLOCK_W):
-            g = tl.load(g_row + ow0 * sgw, mask=g_ok & (col3 < OW - ow0), other=0.0).to(ACC)
+            g_step = ow0 * sgw
+            x_step = (ow0 * STRIDE) * sxw
+            if CL:  # whole positions: multiples of the alignment too
+                g_step = tl.multiple_of(g_step, GA)
+                x_step = tl.multiple_of(x_step, XA)
+            g = tl.load(g_row + g_step, mask=g_ok & (col3 < OW - ow0), other=0.0).to(ACC)
             iw = icol + ow0 * STRIDE
             x_ok = row_ok & (col < OW - ow0) & (iw >= 0) & (iw < W)
-            xv = tl.load(x_row + (ow0 * STRIDE) * sxw, mask=x_ok, other=0.0).to(ACC)
+            xv = tl.load(x_row + x_step, mask=x_ok, other=0.0).to(ACC)
             acc += g[None, :, :, :] * xv
     total = tl.sum(tl.sum(acc, axis=3), axis=2)  # [taps, channels]
     taps = tl.arange(0, BLOCK_T)[:, None]
@@ -309,13 +352,31 @@ def _channels_last(t: Tensor) -> bool:
     return t.stride(1) == 1 and t.stride(3) != 1
 
 
-def _tile(c: int, h: int, w: int, channels_last: bool, elem_size: int, k: int, *, wgrad: bool = False) -> _Tile:
-    """The tile of a program for kernel size ``k``.
+def _channel_block(c: int, widest: int) -> int:
+    """Channels per channels_last tile: ``widest`` (128 bytes; fewer for fewer channels) unless the last tile would
+    leave more than 1/8 of the programs' lanes idle — the expand-derived widths are multiples of 8, e.g. 72 in
+    64-channel tiles runs 128 — then the largest of a half and a quarter of it (≥ 32 bytes per position, whole
+    sectors) that does not, else the least idle."""
+    top = min(widest, triton.next_power_of_2(c))
+    options = [b for b in (top, top // 2, top // 4) if b >= min(top, max(1, widest // 4))]
+    waste = [triton.cdiv(c, b) * b / c for b in options]
+    fit = [b for b, x in zip(options, waste) if x <= 1.125]
+    return fit[0] if fit else options[waste.index(min(waste))]
 
-    Forward and input gradient: 1024 elements in 4 warps, 8 per thread (enough loads in flight for a memory-bound
-    op); for 7×7 in NCHW, 512 elements of at most 8 rows, 4 per thread (there each element's 49 loads are scalar, and
-    the 1024-element tiles of up to 32 rows hit 255 registers and spilled on sm_90 with both Triton 3.6's and 3.7's
-    ptxas: bench/inspect_kernels.py). Weight gradient, whose tile has a tap axis of ``next_power_of_2(K²)`` in front:
+
+def _tile(
+    c: int, h: int, w: int, channels_last: bool, elem_size: int, k: int, *, wgrad: bool = False, phases: int = 1
+) -> _Tile:
+    """The tile of a program for kernel size ``k`` over an ``h × w`` grid (``phases``: how many stride phases a dx
+    program computes its tile at, stride²).
+
+    Forward and input gradient, channels_last: each thread holds one 16-byte vector of channels at two positions
+    (2048 elements in 4 warps for bf16, 1024 for fp32), so each of its scalar weight loads (the channel stride of the
+    stored kernel is K_max², never a vector) serves two positions; a stride-2 dx program, which already works at four
+    phases, keeps 1024 (at 2048 its 7×7 bf16 code reached 255 registers and spilled). NCHW: 1024 elements in 4 warps,
+    8 per thread; for 7×7, 512 elements of at most 8 rows, 4 per thread (there each element's 49 loads are scalar, and
+    1024-element tiles of up to 32 rows hit 255 registers and spilled). All on sm_90 with Triton 3.6's and 3.7's
+    ptxas (bench/inspect_kernels.py). Weight gradient, whose tile has a tap axis of ``next_power_of_2(K²)`` in front:
     ~4096 (tap, element) products, in 4 warps (2 for NCHW rows of ≥ 32 columns).
 
     NCHW: W is contiguous, so a row of up to 64 columns per tile (≥ 128 contiguous bytes at stride 1; at stride 2 the
@@ -326,9 +387,14 @@ def _tile(c: int, h: int, w: int, channels_last: bool, elem_size: int, k: int, *
     p2 = triton.next_power_of_2
     taps = p2(k * k) if wgrad else 1
     small = not wgrad and not channels_last and k >= 7
-    budget = max(1, 4096 // taps) if wgrad else 512 if small else 1024
+    if wgrad:
+        budget = max(1, 4096 // taps)
+    elif channels_last:
+        budget = 1024 if phases > 1 else max(1024, 4096 // elem_size)
+    else:
+        budget = 512 if small else 1024
     if channels_last:
-        block_c = min(p2(c), max(1, 128 // elem_size), budget)
+        block_c = min(_channel_block(c, max(1, 128 // elem_size)), budget)
         block_w = min(p2(w), max(1, budget // block_c), 32)
         block_h = min(p2(h), max(1, budget // (block_c * block_w)))
     else:
@@ -340,16 +406,22 @@ def _tile(c: int, h: int, w: int, channels_last: bool, elem_size: int, k: int, *
     # and (tap, x) tiles: with 4, Triton 3.6 split them over taps and rows differently and converted dy's layout
     # through shared memory (two barriers) every trip, and each row's address and mask work was shared by half as
     # many products. Narrower planes keep 4 warps (with 2, the 14² and 7² ones spilled)
-    per_thread = 4 if small else 64 if wgrad and not channels_last and block_w >= 32 else 8
+    if wgrad:
+        per_thread = 64 if not channels_last and block_w >= 32 else 8
+    else:
+        per_thread = 4 if small else max(8, budget // 128)
     return _Tile(block_c, block_h, block_w, num_warps=max(1, min(4, elements // (32 * per_thread))))
 
 
-def _default_tile(kernel: str, x: Tensor, oh: int, ow: int, k: int) -> _Tile:
+def _default_tile(kernel: str, x: Tensor, oh: int, ow: int, k: int, stride: int = 1) -> _Tile:
     """The tile a launcher takes when given none: ``fwd`` and ``dw`` tile the output grid ``oh × ow``, ``dx`` the
-    input grid (``x``: the activation, or its gradient for ``dx`` — same shape and layout); ``k`` the kernel size."""
+    input grid divided by the stride (``x``: the activation, or its gradient for ``dx`` — same shape and layout; each
+    dx program covers the ``stride²`` phases of its tile); ``k`` the kernel size."""
     c, h, w = (int(d) for d in x.shape[1:])
-    grid = (h, w) if kernel == "dx" else (oh, ow)
-    return _tile(c, *grid, _channels_last(x), x.element_size(), k, wgrad=kernel == "dw")
+    dx = kernel == "dx"
+    grid = (triton.cdiv(h, stride), triton.cdiv(w, stride)) if dx else (oh, ow)
+    phases = stride * stride if dx else 1
+    return _tile(c, *grid, _channels_last(x), x.element_size(), k, wgrad=kernel == "dw", phases=phases)
 
 
 @functools.cache
@@ -375,12 +447,38 @@ def _empty_like_layout(x: Tensor, shape: tuple[int, ...], dtype: torch.dtype) ->
     return _empty(shape, dtype=dtype, device=x.device, memory_format=fmt)
 
 
+def _pow2_factor(n: int, most: int = 16) -> int:
+    """The largest power of two up to ``most`` (a power of two: the tile's channels) dividing ``n``: the kernels'
+    channel masks are whole over that many channels (Triton knows an integer argument's divisibility only when it is
+    a multiple of 16, so the masks of a 72-channel layer were taken to vary channel by channel, and its loads went 2
+    bytes at a time; a constancy wider than the tile broke Triton 3.7's lowering)."""
+    return math.gcd(n, most) if n else most
+
+
+def _align(t: Tensor, channels_last: bool | None = None) -> int:
+    """What the kernels' ``_at`` may assume of ``t`` (addressed as channels_last or not, by default as its own layout
+    reads): the largest power of two, up to 16 bytes of elements, dividing the stride of every axis but the
+    contiguous one (C or W; 1 if that axis is not contiguous). Axes of size 1 are never stepped along."""
+    cl = _channels_last(t) if channels_last is None else channels_last
+    inner = 1 if cl else 3
+    if t.stride(inner) != 1 and t.shape[inner] != 1:
+        return 1
+    a = max(1, 16 // t.element_size())
+    while a > 1 and any(t.stride(d) % a for d in range(4) if d != inner and t.shape[d] != 1):
+        a //= 2
+    return a
+
+
 def _out_size(size: int, k: int, stride: int) -> int:
     return (size + 2 * (k // 2) - k) // stride + 1
 
 
 def _weight_args(weight: Tensor, k: int) -> tuple[int, int, int, int]:
     return weight.stride(0), weight.stride(2), weight.stride(3), (weight.shape[-1] - k) // 2
+
+
+def _weight_consts(weight: Tensor, k: int) -> dict[str, int]:
+    return dict(zip(("SWC", "SWH", "SWW", "W_OFF"), _weight_args(weight, k)))
 
 
 def _forward(
@@ -392,7 +490,8 @@ def _forward(
     t = tile or _default_tile("fwd", x, oh, ow, k)
     grid = (n * triton.cdiv(oh, t.block_h) * triton.cdiv(ow, t.block_w), triton.cdiv(c, t.block_c))
     launch(_dwconv_fwd_kernel, grid,
-        x, weight, y, c, h, w, oh, ow, *x.stride(), *_weight_args(weight, k), *y.stride(),
+        x, weight, y, c, h, w, oh, ow, *x.stride(), *y.stride(), **_weight_consts(weight, k),
+        CL=_channels_last(x), CA=_pow2_factor(c, t.block_c), XA=_align(x), YA=_align(y, _channels_last(x)),
         K=k, STRIDE=stride, ACC=_TL_DTYPE[compute_dtype(x.dtype)],
         BLOCK_C=t.block_c, BLOCK_H=t.block_h, BLOCK_W=t.block_w, num_warps=t.num_warps,
     )  # fmt: skip
@@ -405,10 +504,12 @@ def _grad_input(
     """dx[:] = dL/dx; every element of ``dx`` written."""
     n, c, h, w = (int(d) for d in dx.shape)
     oh, ow = int(gy.shape[2]), int(gy.shape[3])
-    t = tile or _default_tile("dx", dx, oh, ow, k)
-    grid = (n * triton.cdiv(h, t.block_h) * triton.cdiv(w, t.block_w), triton.cdiv(c, t.block_c))
+    t = tile or _default_tile("dx", dx, oh, ow, k, stride)
+    hs, ws = triton.cdiv(h, stride), triton.cdiv(w, stride)  # the grid of (a, b): each program does s² phases
+    grid = (n * triton.cdiv(hs, t.block_h) * triton.cdiv(ws, t.block_w), triton.cdiv(c, t.block_c))
     launch(_dwconv_grad_input_kernel, grid,
-        gy, weight, dx, c, h, w, oh, ow, *gy.stride(), *_weight_args(weight, k), *dx.stride(),
+        gy, weight, dx, c, h, w, oh, ow, *gy.stride(), *dx.stride(), **_weight_consts(weight, k),
+        CL=_channels_last(dx), CA=_pow2_factor(c, t.block_c), GA=_align(gy, _channels_last(dx)), DA=_align(dx),
         K=k, STRIDE=stride, ACC=_TL_DTYPE[compute_dtype(dx.dtype)],
         BLOCK_C=t.block_c, BLOCK_H=t.block_h, BLOCK_W=t.block_w, num_warps=t.num_warps,
     )  # fmt: skip
@@ -442,8 +543,12 @@ def _grad_weight(
     per = triton.cdiv(rows, splits)
     splits = triton.cdiv(rows, per)  # none empty
     part = _empty((splits, k * k, c), dtype=acc, device=x.device)
+    # the alignment hints only in channels_last: in NCHW, Triton 3.7 then converted a tile's layout through shared
+    # memory (two barriers) every row, and W-rows are read 2 bytes at a time whatever their alignment
+    cl = _channels_last(x)
     launch(_dwconv_grad_weight_partial_kernel, (tiles_c, splits),
         gy, x, part, n, c, h, w, oh, ow, per, *gy.stride(), *x.stride(),
+        CL=cl, CA=_pow2_factor(c, t.block_c), GA=_align(gy, cl) if cl else 1, XA=_align(x) if cl else 1,
         K=k, STRIDE=stride, ACC=_TL_DTYPE[acc],
         BLOCK_C=t.block_c, BLOCK_H=t.block_h, BLOCK_W=t.block_w, BLOCK_T=triton.next_power_of_2(k * k),
         num_warps=t.num_warps,

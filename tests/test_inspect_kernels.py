@@ -3,9 +3,10 @@ cuobjdump), and what their SASS must keep showing.
 
 The kernels are compiled in a fresh process without ``TRITON_INTERPRET`` (tests/kernels turns the interpreter on for
 this session). What is checked is what a GPU run would otherwise find first, or what the kernels were written for:
-every kernel compiles; nothing spills; channels_last bf16 activations are read 16 bytes per lane; the weight
-gradient's hot loop has no cross-thread reduction (no shuffles, no barriers: the per-tap sums of the first version
-cost 1,666 shuffles and 396 barriers per tile at K = 7).
+every kernel compiles; nothing spills; channels_last bf16 activations are read 16 bytes per lane (a width like 72,
+not a multiple of 16, too); the weight gradient's hot loop has no cross-thread reduction (no shuffles, no barriers:
+the per-tap sums of the first version cost 1,666 shuffles and 396 barriers per tile at K = 7); the forward shares
+each weight load over two positions and the stride-2 dx loads only the taps of each phase.
 """
 
 from __future__ import annotations
@@ -68,6 +69,42 @@ def test_the_weight_gradient_loop_has_no_cross_thread_reduction(smoke_rows):
     for r in dw:
         assert r["loops"] >= 2, r["name"]  # the row loop and the column loop inside it
         assert r["shfl"] == 0 and r["bar"] == 0 and r["lds"] == 0 and r["sts"] == 0, r["name"]
+
+
+def test_weight_loads_are_shared_and_strided_dx_loads_only_its_phases_taps(smoke_rows):
+    rows = {r["name"]: r for r in smoke_rows}
+    # the stored kernel's channel stride (K_max² = 49) allows no vector: each thread loads its channels' weights one
+    # 4-byte scalar per channel and tap, and the forward shares each over two positions (before: one)
+    fwd = rows["fwd 144x56 s1 K7 channels_last bf16"]
+    assert fwd["ldg_by_width"]["4"] / fwd["elements_per_thread"] <= 49 / 2, fwd["ldg_by_width"]
+    # a stride-2 dx element sums ~K²/4 taps; its program takes the four phases in turn with their own taps, so it
+    # loads ~K²/4 values of dy per element instead of K² mostly masked ones
+    for name in ("dx 144x56 s2 K7 nchw bf16", "dx 72x56 s2 K5 channels_last bf16"):
+        r = rows[name]
+        k2 = r["case"]["k"] ** 2
+        dy_loads = r["ldg_by_width"].get("2" if r["case"]["layout"] == "nchw" else "16", 0) / r["elements_per_thread"]
+        assert 0 < dy_loads <= k2 / 4 + 2, (name, r["ldg_by_width"], r["elements_per_thread"])
+
+
+def test_lanes_used_counts_only_the_elements_a_tile_keeps():
+    # 72 channels in 64-channel tiles (two tiles: 128 computed) and a 28-wide output in 16-wide tiles (32 computed)
+    case = I.Case("fwd", (72, 56, 2), 3, "channels_last", "bf16")
+    assert I.lanes_used(case, (64, 1, 16, 4)) == pytest.approx(72 / 128 * 28 / 28 * 28 / 32)
+    assert I.lanes_used(case, (8, 4, 4, 4)) == 1.0
+    # dx tiles the ⌈H/s⌉ grid and computes s² phases: an odd input side leaves the last phase row and column out
+    dx = I.Case("dx", (16, 7, 2), 3, "nchw", "fp32")
+    assert I.lanes_used(dx, (16, 4, 4, 4)) == pytest.approx((7 / 8) ** 2)
+
+
+def test_compare_rescales_rows_written_before_lanes_used():
+    case = {"kernel": "fwd", "layer": [72, 56, 2], "k": 7, "layout": "channels_last", "dtype": "bf16"}
+    common = {"name": "fwd 72x56 s2 K7 channels_last bf16", "case": case, "local": 0, "ldl": 0, "stl": 0}
+    before = {**common, "tile": [64, 1, 16, 4], "bound": 4.0, "stack": 0, "regs": 136}  # an old row: no lanes_used
+    after = {**common, "tile": [16, 4, 32, 4], "bound": 2.0, "lanes_used": 0.875, "stack": 8, "regs": 180}
+    table = I.compare([before], [after])
+    old = 4.0 / (72 / 128 * 28 / 32)  # per real element: 72 of 128 channels, 28 of 32 columns
+    assert f"| fwd | channels_last | bf16 | 1 | {old:.2f} → 2.00 | {old:.2f} → 2.00 | 0 → 1 | 180 |" in table
+    assert "| nchw |" not in I.compare([before], [])  # only cases both hold
 
 
 def test_the_interpreter_is_refused_with_one_clear_error():

@@ -142,6 +142,26 @@ def test_partial_tiles_and_uneven_splits(device, k, stride, layout, shape, tile,
         _assert_close(a, b, name)
 
 
+@pytest.mark.parametrize("elem_size", [2, 4])
+def test_channels_last_tiles_leave_few_lanes_idle_at_the_supernets_widths(elem_size):
+    """Every depthwise width of OFA-MBV3 (16; 24, 40, 80, 112, 160 × expand 3, 4, 6) in channel tiles whose last one
+    idles at most 1/8 of the lanes (72 channels in 64-channel tiles ran 128), each position's channels still whole
+    32-byte sectors; and each thread's 16-byte vector of channels at two positions (fwd, stride-1 dx)."""
+    widths = [16] + [b * e for b in (24, 40, 80, 112, 160) for e in (3, 4, 6)]
+    for c in widths:
+        for kernel_tile in (
+            E._tile(c, 28, 28, True, elem_size, 7),
+            E._tile(c, 14, 14, True, elem_size, 7, phases=4),
+            E._tile(c, 28, 28, True, elem_size, 7, wgrad=True),
+        ):
+            run = -(-c // kernel_tile.block_c) * kernel_tile.block_c
+            assert 1 - c / run <= 1 / 8, (c, kernel_tile)
+            assert kernel_tile.block_c * elem_size >= 32, (c, kernel_tile)
+        t = E._tile(c, 28, 28, True, elem_size, 7)
+        elements = t.block_c * t.block_h * t.block_w
+        assert elements // (32 * t.num_warps) == 2 * 16 // elem_size, (c, t)  # two vectors a thread
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_a_weight_of_exactly_the_kernel_size(device, layout):
