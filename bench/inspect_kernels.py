@@ -317,8 +317,10 @@ def _min_bytes_per_element(case: Case) -> float:
 def lanes_used(case: Case, tile: tuple[int, ...]) -> float:
     """The share of the programs' elements that are real: the last tile along each axis may run past the layer
     (72 channels in 64-channel tiles: 128 computed, 72 kept). Costs per element are per real element."""
+    from deps_kernels.elastic_dwconv import _out_size  # (plain Python: no compilation, interpreter or not)
+
     c, h, s = case.layer
-    oh = (h + 2 * (case.k // 2) - case.k) // s + 1  # 'same' padding
+    oh = _out_size(h, case.k, s)
     grid = {"fwd": (oh, oh), "dw": (oh, oh), "dx": (math.ceil(h / s), math.ceil(h / s))}[case.kernel]
     share = 1.0
     for size, block in zip((c, *grid), tile[:3]):
@@ -409,6 +411,14 @@ def render(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _geomean(xs: list[float]) -> float:
+    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else float("nan")
+
+
+def _spills(row: dict[str, Any]) -> bool:
+    return bool(row["local"] or row["stack"] or row["ldl"] or row["stl"])
+
+
 def summarize(rows: list[dict[str, Any]]) -> str:
     """Per kernel × layout × dtype: the geometric mean of ``bound`` over layers and K, and the worst case."""
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
@@ -420,9 +430,9 @@ def summarize(rows: list[dict[str, Any]]) -> str:
         "|---|---|---|---:|---:|---|---:|---:|",
     ]
     for (kernel, layout, dtype), rs in groups.items():
-        gm = math.exp(sum(math.log(r["bound"]) for r in rs) / len(rs))
+        gm = _geomean([r["bound"] for r in rs])
         worst = max(rs, key=lambda r: r["bound"])
-        spills = sum(1 for r in rs if r["local"] or r["stack"] or r["ldl"] or r["stl"])
+        spills = sum(_spills(r) for r in rs)
         lines.append(
             f"| {kernel} | {layout} | {dtype} | {len(rs)} | {gm:.2f} | {worst['bound']:.2f} "
             f"({worst['name'].split(' ', 1)[1]}) | {spills} | {max(r['regs'] for r in rs)} |"
@@ -448,10 +458,7 @@ def compare(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> str:
             groups.setdefault((c["kernel"], c["layout"], c["dtype"]), []).append((old[r["name"]], r))
 
     def gm(pairs, i):
-        return math.exp(sum(math.log(_bound(p[i])) for p in pairs) / len(pairs)) if pairs else float("nan")
-
-    def spills(r):
-        return bool(r["local"] or r["stack"] or r["ldl"] or r["stl"])
+        return _geomean([_bound(p[i]) for p in pairs])
 
     lines = [
         "| kernel | layout | dtype | cases | bound: before → after | K = 7 only | cases spilling | max regs after |",
@@ -461,8 +468,8 @@ def compare(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> str:
         k7 = [p for p in pairs if p[1]["case"]["k"] == 7]
         lines.append(
             f"| {kernel} | {layout} | {dtype} | {len(pairs)} | {gm(pairs, 0):.2f} → {gm(pairs, 1):.2f} "
-            f"| {gm(k7, 0):.2f} → {gm(k7, 1):.2f} | {sum(spills(a) for a, _ in pairs)} → "
-            f"{sum(spills(b) for _, b in pairs)} | {max(b['regs'] for _, b in pairs)} |"
+            f"| {gm(k7, 0):.2f} → {gm(k7, 1):.2f} | {sum(_spills(a) for a, _ in pairs)} → "
+            f"{sum(_spills(b) for _, b in pairs)} | {max(b['regs'] for _, b in pairs)} |"
         )
     return "\n".join(lines)
 

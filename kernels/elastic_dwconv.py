@@ -455,11 +455,10 @@ def _pow2_factor(n: int, most: int = 16) -> int:
     return math.gcd(n, most) if n else most
 
 
-def _align(t: Tensor, channels_last: bool | None = None) -> int:
-    """What the kernels' ``_at`` may assume of ``t`` (addressed as channels_last or not, by default as its own layout
-    reads): the largest power of two, up to 16 bytes of elements, dividing the stride of every axis but the
-    contiguous one (C or W; 1 if that axis is not contiguous). Axes of size 1 are never stepped along."""
-    cl = _channels_last(t) if channels_last is None else channels_last
+def _align(t: Tensor, cl: bool) -> int:
+    """What the kernels' ``_at`` may assume of ``t`` addressed as channels_last (``cl``) or not: the largest power of
+    two, up to 16 bytes of elements, dividing the stride of every axis but the contiguous one (C or W; 1 if that axis
+    is not contiguous). Axes of size 1 are never stepped along."""
     inner = 1 if cl else 3
     if t.stride(inner) != 1 and t.shape[inner] != 1:
         return 1
@@ -469,16 +468,19 @@ def _align(t: Tensor, channels_last: bool | None = None) -> int:
     return a
 
 
+def _address_consts(c: int, tile: _Tile, cl: bool, **tensors: Tensor) -> dict:
+    """The kernels' addressing constants: ``CL`` (channels_last), ``CA`` (the power of two dividing the channel count,
+    up to the tile's channels) and, per keyword, the named tensor's :func:`_align` in that layout."""
+    return dict(CL=cl, CA=_pow2_factor(c, tile.block_c), **{name: _align(t, cl) for name, t in tensors.items()})
+
+
 def _out_size(size: int, k: int, stride: int) -> int:
     return (size + 2 * (k // 2) - k) // stride + 1
 
 
-def _weight_args(weight: Tensor, k: int) -> tuple[int, int, int, int]:
-    return weight.stride(0), weight.stride(2), weight.stride(3), (weight.shape[-1] - k) // 2
-
-
 def _weight_consts(weight: Tensor, k: int) -> dict[str, int]:
-    return dict(zip(("SWC", "SWH", "SWW", "W_OFF"), _weight_args(weight, k)))
+    """The stored kernel's strides and the offset of the centre ``k × k`` window: compile-time constants."""
+    return dict(SWC=weight.stride(0), SWH=weight.stride(2), SWW=weight.stride(3), W_OFF=(weight.shape[-1] - k) // 2)
 
 
 def _forward(
@@ -491,7 +493,7 @@ def _forward(
     grid = (n * triton.cdiv(oh, t.block_h) * triton.cdiv(ow, t.block_w), triton.cdiv(c, t.block_c))
     launch(_dwconv_fwd_kernel, grid,
         x, weight, y, c, h, w, oh, ow, *x.stride(), *y.stride(), **_weight_consts(weight, k),
-        CL=_channels_last(x), CA=_pow2_factor(c, t.block_c), XA=_align(x), YA=_align(y, _channels_last(x)),
+        **_address_consts(c, t, _channels_last(x), XA=x, YA=y),
         K=k, STRIDE=stride, ACC=_TL_DTYPE[compute_dtype(x.dtype)],
         BLOCK_C=t.block_c, BLOCK_H=t.block_h, BLOCK_W=t.block_w, num_warps=t.num_warps,
     )  # fmt: skip
@@ -509,7 +511,7 @@ def _grad_input(
     grid = (n * triton.cdiv(hs, t.block_h) * triton.cdiv(ws, t.block_w), triton.cdiv(c, t.block_c))
     launch(_dwconv_grad_input_kernel, grid,
         gy, weight, dx, c, h, w, oh, ow, *gy.stride(), *dx.stride(), **_weight_consts(weight, k),
-        CL=_channels_last(dx), CA=_pow2_factor(c, t.block_c), GA=_align(gy, _channels_last(dx)), DA=_align(dx),
+        **_address_consts(c, t, _channels_last(dx), GA=gy, DA=dx),
         K=k, STRIDE=stride, ACC=_TL_DTYPE[compute_dtype(dx.dtype)],
         BLOCK_C=t.block_c, BLOCK_H=t.block_h, BLOCK_W=t.block_w, num_warps=t.num_warps,
     )  # fmt: skip
@@ -543,12 +545,14 @@ def _grad_weight(
     per = triton.cdiv(rows, splits)
     splits = triton.cdiv(rows, per)  # none empty
     part = _empty((splits, k * k, c), dtype=acc, device=x.device)
+    consts = _address_consts(c, t, _channels_last(x), GA=gy, XA=x)
     # the alignment hints only in channels_last: in NCHW, Triton 3.7 then converted a tile's layout through shared
     # memory (two barriers) every row, and W-rows are read 2 bytes at a time whatever their alignment
-    cl = _channels_last(x)
+    if not consts["CL"]:
+        consts.update(GA=1, XA=1)
     launch(_dwconv_grad_weight_partial_kernel, (tiles_c, splits),
         gy, x, part, n, c, h, w, oh, ow, per, *gy.stride(), *x.stride(),
-        CL=cl, CA=_pow2_factor(c, t.block_c), GA=_align(gy, cl) if cl else 1, XA=_align(x) if cl else 1,
+        **consts,
         K=k, STRIDE=stride, ACC=_TL_DTYPE[acc],
         BLOCK_C=t.block_c, BLOCK_H=t.block_h, BLOCK_W=t.block_w, BLOCK_T=triton.next_power_of_2(k * k),
         num_warps=t.num_warps,
