@@ -80,6 +80,54 @@ def _at(ptr, n, c, h, w, sn, sc, sh, sw, CL: tl.constexpr, ALIGN: tl.constexpr):
 
 
 @triton.jit
+def _conv_tile(
+    x_ptr,
+    w_ptr,
+    n,
+    c,
+    oh,
+    ow,
+    C,
+    H,
+    W,
+    sxn,
+    sxc,
+    sxh,
+    sxw,
+    CL: tl.constexpr,
+    CA: tl.constexpr,
+    XA: tl.constexpr,
+    SWC: tl.constexpr,
+    SWH: tl.constexpr,
+    SWW: tl.constexpr,
+    W_OFF: tl.constexpr,
+    K: tl.constexpr,
+    STRIDE: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+):
+    # the forward's [BLOCK_C, BLOCK_H, BLOCK_W] tile of y in ACC, at channels c, output rows oh and columns ow:
+    # y[n, c, oh, ow] = Σ_ij x[n, c, oh·s + i - K//2, ow·s + j - K//2] · w[c, w_off + i, w_off + j]
+    # (shared by the forward kernel and the forward with BN statistics of deps_kernels.dwconv_bn_act; inlined)
+    c_ok = tl.max_constancy(c < C, (CA,))  # C is a multiple of CA: the mask is whole over each vector of channels
+    c3, c_ok3 = c[:, None, None], c_ok[:, None, None]
+    w_base = w_ptr + tl.minimum(c, C - 1) * SWC + W_OFF * (SWH + SWW)  # tap (0, 0) of the window
+    acc = tl.zeros([BLOCK_C, BLOCK_H, BLOCK_W], dtype=ACC)
+    for i in tl.static_range(K):
+        ih = oh * STRIDE + (i - K // 2)
+        row_ok = c_ok3 & (ih >= 0) & (ih < H)
+        for j in tl.static_range(K):
+            iw = ow * STRIDE + (j - K // 2)
+            x = _at(x_ptr, n, c3, ih, iw, sxn, sxc, sxh, sxw, CL, XA)
+            xv = tl.load(x, mask=row_ok & (iw >= 0) & (iw < W), other=0.0)
+            wv = tl.load(w_base + (i * SWH + j * SWW))
+            acc += xv.to(ACC) * wv.to(ACC)[:, None, None]
+    return acc
+
+
+@triton.jit
 def _dwconv_fwd_kernel(
     x_ptr,  # [N, C', H, W], strides (sxn, sxc, sxh, sxw)
     w_ptr,  # [C_w, 1, K_w, K_w] stored kernel; tap (i, j) of channel c at c·swc + (w_off + i)·swh + (w_off + j)·sww
@@ -112,23 +160,12 @@ def _dwconv_fwd_kernel(
     BLOCK_H: tl.constexpr,
     BLOCK_W: tl.constexpr,
 ):
-    # grid (N · tiles(OH) · tiles(OW), tiles(C')):
-    # y[n, c, oh, ow] = Σ_ij x[n, c, oh·s + i - K//2, ow·s + j - K//2] · w[c, w_off + i, w_off + j]
+    # grid (N · tiles(OH) · tiles(OW), tiles(C'))
     n, oh, ow = _tile_coords(tl.program_id(0), C, OH, OW, BLOCK_C, BLOCK_H, BLOCK_W)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = tl.max_constancy(c < C, (CA,))  # C is a multiple of CA: the mask is whole over each vector of channels
-    c3, c_ok3 = c[:, None, None], c_ok[:, None, None]
-    w_base = w_ptr + tl.minimum(c, C - 1) * SWC + W_OFF * (SWH + SWW)  # tap (0, 0) of the window
-    acc = tl.zeros([BLOCK_C, BLOCK_H, BLOCK_W], dtype=ACC)
-    for i in tl.static_range(K):
-        ih = oh * STRIDE + (i - K // 2)
-        row_ok = c_ok3 & (ih >= 0) & (ih < H)
-        for j in tl.static_range(K):
-            iw = ow * STRIDE + (j - K // 2)
-            x = _at(x_ptr, n, c3, ih, iw, sxn, sxc, sxh, sxw, CL, XA)
-            xv = tl.load(x, mask=row_ok & (iw >= 0) & (iw < W), other=0.0)
-            wv = tl.load(w_base + (i * SWH + j * SWW))
-            acc += xv.to(ACC) * wv.to(ACC)[:, None, None]
+    acc = _conv_tile(x_ptr, w_ptr, n, c, oh, ow, C, H, W, sxn, sxc, sxh, sxw,
+                     CL, CA, XA, SWC, SWH, SWW, W_OFF, K, STRIDE, ACC, BLOCK_C, BLOCK_H, BLOCK_W)  # fmt: skip
+    c3, c_ok3 = c[:, None, None], tl.max_constancy(c < C, (CA,))[:, None, None]
     y_ok = c_ok3 & (oh < OH) & (ow < OW)
     y = _at(y_ptr, n, c3, oh, ow, syn, syc, syh, syw, CL, YA)
     tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=y_ok)

@@ -16,7 +16,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["check_elastic_dwconv_args", "elastic_dwconv_reference", "compute_dtype", "DTYPES", "STRIDES"]
+__all__ = [
+    "ACTIVATIONS",
+    "DTYPES",
+    "STRIDES",
+    "activation_reference",
+    "check_dwconv_bn_act_args",
+    "check_elastic_dwconv_args",
+    "compute_dtype",
+    "dwconv_bn_act_reference",
+    "elastic_dwconv_reference",
+]
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float64)  # fp16 is not used for training here (see DESIGN.md)
 STRIDES = (1, 2)
@@ -85,3 +95,98 @@ def elastic_dwconv_reference(x: Tensor, weight: Tensor, *, kernel_size: int, str
     acc = compute_dtype(x.dtype)
     w = weight[:c, :, win, win]
     return F.conv2d(x.to(acc), w.to(acc), None, stride, kernel_size // 2, 1, c).to(x.dtype)
+
+
+# --- the depthwise layer: conv, batch norm, activation (deps_kernels.dwconv_bn_act) ---------------------------------
+
+ACTIVATIONS = ("none", "relu", "relu6", "h_swish")  # deps_core.ops.activation's names
+
+
+def check_dwconv_bn_act_args(
+    x: Tensor,
+    weight: Tensor,
+    bn_weight: Tensor,
+    bn_bias: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    kernel_size: int,
+    stride: int,
+    training: bool,
+    momentum: float,
+    eps: float,
+    act: str,
+    grad_out: Tensor | None = None,
+) -> None:
+    """One ``ValueError`` naming what is wrong with the arguments of ``dwconv_bn_act``: those of ``elastic_dwconv``,
+    then ``bn_weight``/``bn_bias`` ``[C']`` floating point on ``x``'s device, the running statistics (both or neither,
+    ``[C']``; required in evaluation), ``momentum`` in [0, 1], ``eps`` > 0, ``act`` one of :data:`ACTIVATIONS`, and
+    more than one value per channel in training."""
+    check_elastic_dwconv_args(x, weight, kernel_size, stride, grad_out)
+    c = x.shape[1]
+    for name, t in (("bn_weight", bn_weight), ("bn_bias", bn_bias)):
+        if not isinstance(t, Tensor) or t.shape != (c,) or not t.dtype.is_floating_point or t.device != x.device:
+            raise ValueError(f"{name} must be a floating-point [C'] = [{c}] tensor on {x.device}; got {_describe(t)}")
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must be given together (or both None)")
+    for name, t in (("running_mean", running_mean), ("running_var", running_var)):
+        if t is None:
+            continue
+        if not isinstance(t, Tensor) or t.shape != (c,) or not t.dtype.is_floating_point or t.device != x.device:
+            raise ValueError(f"{name} must be a floating-point [C'] = [{c}] tensor on {x.device}; got {_describe(t)}")
+    if not isinstance(training, bool):
+        raise ValueError(f"training must be a bool; got {training!r}")
+    if not training and running_mean is None:
+        raise ValueError("evaluation (training=False) normalises with the running statistics: pass both")
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"momentum must be a number in [0, 1]; got {momentum!r}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0.0:
+        raise ValueError(f"eps must be a positive number; got {eps!r}")
+    if act not in ACTIVATIONS:
+        raise ValueError(f"act must be one of {ACTIVATIONS}; got {act!r}")
+    if training:  # (odd kernels with padding K // 2: H_out = ⌈H / s⌉)
+        per_channel = x.shape[0] * ((x.shape[2] - 1) // stride + 1) * ((x.shape[3] - 1) // stride + 1)
+        if per_channel < 2:
+            raise ValueError(f"training needs more than one value per channel; got N·H_out·W_out = {per_channel}")
+
+
+def activation_reference(z: Tensor, act: str) -> Tensor:
+    """The activations of :data:`ACTIVATIONS` in torch (h-swish: ``z · relu6(z + 3) / 6``)."""
+    if act == "relu":
+        return F.relu(z)
+    if act == "relu6":
+        return F.relu6(z)
+    if act == "h_swish":
+        return F.hardswish(z)
+    return z
+
+
+def dwconv_bn_act_reference(
+    x: Tensor,
+    weight: Tensor,
+    bn_weight: Tensor,
+    bn_bias: Tensor,
+    running_mean: Tensor | None = None,
+    running_var: Tensor | None = None,
+    *,
+    kernel_size: int,
+    stride: int,
+    training: bool = True,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    act: str = "relu",
+) -> Tensor:
+    """``act(F.batch_norm(elastic_dwconv_reference(x, weight)))``: the conv's output rounded to ``x.dtype`` (what
+    the Triton op stores and normalises), then BN and the activation in the compute dtype, rounded once. Moves the
+    running statistics in training as ``F.batch_norm`` does. Differentiable by autograd."""
+    check_dwconv_bn_act_args(
+        x, weight, bn_weight, bn_bias, running_mean, running_var, kernel_size, stride, training, momentum, eps, act
+    )
+    acc = compute_dtype(x.dtype)
+    y = elastic_dwconv_reference(x, weight, kernel_size=kernel_size, stride=stride).to(acc)
+    rm, rv = (None if t is None else t.to(acc) for t in (running_mean, running_var))
+    z = F.batch_norm(y, rm, rv, bn_weight.to(acc), bn_bias.to(acc), training, momentum, eps)
+    if training and running_mean is not None and rm is not running_mean:  # statistics kept in another dtype
+        with torch.no_grad():
+            running_mean.copy_(rm)
+            running_var.copy_(rv)
+    return activation_reference(z, act).to(x.dtype)

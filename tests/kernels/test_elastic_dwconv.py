@@ -389,7 +389,8 @@ def test_ops_depthwise_conv_dispatch(device, monkeypatch):
 @pytest.mark.skipif(not E.INTERPRETED, reason="on a GPU the triton_op registration is what every test above runs")
 def test_the_cuda_registration_runs_eagerly_in_the_interpreter():
     """The ops as CUDA registers them (``triton_op`` + ``wrap_triton``) in a fresh process under the interpreter: the
-    reference comparisons, the fused accumulation and ``torch.func.grad`` through them. (Only tracing — opcheck,
+    reference comparisons, the fused accumulation and ``torch.func.grad`` through them (and through
+    ``dwconv_bn_act``). (Only tracing — opcheck,
     torch.compile — needs compiled kernels.) So a GPU session does not meet this registration for the first time."""
     import os
     import subprocess
@@ -404,9 +405,10 @@ def test_the_cuda_registration_runs_eagerly_in_the_interpreter():
     env = {**os.environ, "TRITON_INTERPRET": "1", "DEPS_KERNELS_TRITON_OP": "1"}
     check = "import deps_kernels.elastic_dwconv as E; assert E.INTERPRETED and E.TRITON_OP"
     assert subprocess.run([sys.executable, "-c", check], env=env, cwd=root).returncode == 0
-    selected = "float64 or fused_weight_gradient or flat_buffer or torch_func_grad or bit_identical"
+    selected = "float64 or fused_weight_gradient or flat_buffer or torch_func_grad or bit_identical or evaluation"
+    files = [__file__, str(Path(__file__).with_name("test_dwconv_bn_act.py"))]  # the op built on these kernels too
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", f"cpu and ({selected})"],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files, "-k", f"cpu and ({selected})"],
         env=env,
         cwd=root,
         capture_output=True,
