@@ -3,7 +3,7 @@
 #
 #     bash bench/gpu_session.sh                      # env tests dwconv step report: at most 8.5 min + GRACE
 #                                                    # (device tool: timeout_s 600; the lease also pays the start)
-#     bash bench/gpu_session.sh passes tune report   # a second call, if the lease has time left
+#     bash bench/gpu_session.sh passes tune bnact report   # a second call, if the lease has time left
 #
 # The device machine has python3 with torch, triton, pytest, pytest-benchmark, einops and attrs, but no FFCV and no
 # network, so nothing is installed: deps_kernels and deps_loaders (the kernels/ and loaders/ folders, as setup.py maps
@@ -11,7 +11,7 @@
 # benchmarks skip the cases not yet started (so pytest still writes the JSON of those that ran; a stage overrunning
 # its cap by GRACE=60 s is killed) and a failed stage does not stop the next. Everything lands in $OUT
 # (at most 8 files: the device tool returns no more): session.log, ceilings.json, dwconv.json, step-gpu.json,
-# dwconv-passes.json, tune.json, report.md. Copy the JSON files to bench/results/ and update bench/RESULTS.md with
+# dwconv-passes.json, tune.json, dwconv-bn-act.json, report.md. Copy the JSON files to bench/results/ and update bench/RESULTS.md with
 # bench/report.py here (report.md is the same tables, to read at once).
 #
 # Stages (caps in seconds, overridable as CAP_<stage>=N):
@@ -21,6 +21,7 @@
 #   step    bench/test_bench_step.py -m gpu (shrinking step, FM-warmup step, k sweep)            150
 #   passes  bench/test_bench_dwconv.py, forward and backward apart, bf16                         150
 #   tune    bench/tune_dwconv.py (tile sweep against the current tile rule)                      150
+#   bnact   bench/test_bench_dwconv_bn_act.py, channels_last forward+backward (the stretch goal)  120
 #   report  bench/report.py on what is there -> report.md                                         30
 # DEPS_BENCH_DEVICE=cpu runs the same stages on the CPU at tiny sizes (Triton interpreter) to check this script.
 set -uo pipefail
@@ -112,6 +113,12 @@ stage_step() {
     fi
 }
 
+stage_bnact() {
+    run "$(cap bnact 120)" bnact "${PYTEST[@]}" bench/test_bench_dwconv_bn_act.py "${BENCH_DEVICE_ARGS[@]}" \
+        --benchmark-only -k "channels_last and fwd_bwd" --benchmark-json="$OUT/dwconv-bn-act.json" \
+        --benchmark-columns=median,iqr,rounds
+}
+
 stage_tune() {
     local budget=$(($(cap tune 150) - 30))
     local args=(--budget-s "$budget" --out "$OUT/tune.json")
@@ -126,7 +133,7 @@ stage_report() {
     local model="$ROOT/bench/results/inspect-sm90-triton3.6.json"
     [ -s "$model" ] && report_args+=(--predictions "$model")
     : >"$OUT/report.md.tmp"
-    for f in ceilings dwconv dwconv-passes step-gpu; do
+    for f in ceilings dwconv dwconv-passes step-gpu dwconv-bn-act; do
         [ -s "$OUT/$f.json" ] || continue
         if [ "$f" = ceilings ]; then
             { echo "## ceilings"; echo; echo '```'; cat "$OUT/ceilings.json"; echo '```'; echo; } >>"$OUT/report.md.tmp"
@@ -153,8 +160,8 @@ STAGES=("$@")
 [ ${#STAGES[@]} -eq 0 ] && STAGES=(env tests dwconv step report)
 for s in "${STAGES[@]}"; do
     case "$s" in
-    env | tests | dwconv | step | passes | tune | report) ;;
-    *) log "unknown stage '$s' (env tests dwconv step passes tune report)"; exit 2 ;;
+    env | tests | dwconv | step | passes | tune | bnact | report) ;;
+    *) log "unknown stage '$s' (env tests dwconv step passes tune bnact report)"; exit 2 ;;
     esac
 done
 log "stages: ${STAGES[*]}; out: $OUT$([ "$SMOKE" = 1 ] && echo '; CPU smoke run (Triton interpreter), times mean nothing')"

@@ -350,14 +350,7 @@ def inspect_case(case: Case, target, *, hw: dict[str, float] = H200) -> dict[str
     phases = case.layer[2] ** 2 if case.kernel == "dx" else 1
     per_thread = kw["BLOCK_C"] * kw["BLOCK_H"] * kw["BLOCK_W"] * phases / (32 * kw["num_warps"])
     used = lanes_used(case, tile)
-    lanes = 32 * per_thread * used  # useful elements per warp
-    global_clk = sum(
-        max(1.0, w / 4) * n for by in ("ldg_by_width", "stg_by_width", "local_by_width") for w, n in info[by].items()
-    )
-    lsu_clk = (global_clk + info["lds"] + info["sts"]) / lanes
-    shfl_clk = info["shfl"] / lanes
-    issue_clk = info["instructions"] / (4 * lanes)  # 4 schedulers, one warp-instruction per clock each
-    dram_clk = _min_bytes_per_element(case) / (hw["copy_gbps"] / (hw["sms"] * hw["clock_ghz"]))
+    clk = clocks_per_element(info, 32 * per_thread * used, _min_bytes_per_element(case), hw)
     return {
         "case": dataclasses.asdict(case),
         "name": case.name,
@@ -371,11 +364,23 @@ def inspect_case(case: Case, target, *, hw: dict[str, float] = H200) -> dict[str
         "warps_per_sm": occupancy(info["regs"], info["shared"], kw["num_warps"]),
         "ldg_per_element": sum(info["ldg"].values()) / per_thread,
         "load_bytes_per_element": sum(w * n for w, n in info["ldg_by_width"].items()) / per_thread,
-        "lsu_clk_per_element": lsu_clk,
-        "shfl_clk_per_element": shfl_clk,
-        "issue_clk_per_element": issue_clk,
-        "dram_clk_per_element": dram_clk,
-        "bound": max(lsu_clk + shfl_clk, issue_clk) / dram_clk,
+        **clk,
+        "bound": max(clk["lsu_clk_per_element"] + clk["shfl_clk_per_element"], clk["issue_clk_per_element"])
+        / clk["dram_clk_per_element"],
+    }
+
+
+def clocks_per_element(info: dict[str, Any], lanes: float, min_bytes: float, hw: dict[str, float] = H200) -> dict:
+    """The model's SM clocks per element (module docstring) from a kernel's :func:`read_cubin` counts, its useful
+    elements per warp (``lanes``) and its fewest DRAM bytes per element."""
+    global_clk = sum(
+        max(1.0, w / 4) * n for by in ("ldg_by_width", "stg_by_width", "local_by_width") for w, n in info[by].items()
+    )
+    return {
+        "lsu_clk_per_element": (global_clk + info["lds"] + info["sts"]) / lanes,
+        "shfl_clk_per_element": info["shfl"] / lanes,
+        "issue_clk_per_element": info["instructions"] / (4 * lanes),  # 4 schedulers, one warp-instruction a clock
+        "dram_clk_per_element": min_bytes / (hw["copy_gbps"] / (hw["sms"] * hw["clock_ghz"])),
     }
 
 

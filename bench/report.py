@@ -322,6 +322,54 @@ def render_dwconv(
     return "\n".join(lines) + "\n"
 
 
+BN_ACT_PROVIDERS = ("fused", "unfused", "torch")  # bench/test_bench_dwconv_bn_act.py
+
+
+def render_dwconv_bn_act(data: dict[str, Any]) -> str:
+    """The depthwise layer (conv + BN + activation) summary: per (layout, pass) the geometric-mean speedups of the
+    fused op over the unfused Triton path and over cuDNN + PyTorch's BN, then one row per case."""
+    cells: dict[tuple, dict[str, float]] = {}
+    gbps: dict[tuple, float] = {}
+    for b in data["benchmarks"]:
+        e = b.get("extra_info") or {}
+        if e.get("subject") != "dwconv_bn_act":
+            continue
+        key = (e["layout"], e["pass_"], e["layer"], e["kernel"])
+        cells.setdefault(key, {})[e["provider"]] = b["stats"]["median"] / _ops(b)
+        if e["provider"] == "fused" and "gbps" in e:
+            gbps[key] = e["gbps"]
+    rows = [(key, t) for key, t in sorted(cells.items()) if all(p in t for p in BN_ACT_PROVIDERS)]
+    if not rows:
+        raise ReportError(f"no dwconv_bn_act benchmarks with all of {BN_ACT_PROVIDERS}")
+    lines = [f"*{_heading(data)}*", ""]
+    lines += [
+        "| layout | pass | cases | fused vs unfused (geomean) | fused vs cuDNN + BN (geomean) |",
+        "|---|---|---:|---:|---:|",
+    ]
+    groups: dict[tuple[str, str], list[dict[str, float]]] = {}
+    for (layout, pass_, _, _), t in rows:
+        groups.setdefault((layout, pass_), []).append(t)
+    for (layout, pass_), ts in groups.items():
+        geo = {
+            other: 2 ** (sum(math.log2(t[other] / t["fused"]) for t in ts) / len(ts)) for other in ("unfused", "torch")
+        }
+        lines.append(f"| {layout} | {pass_} | {len(ts)} | {geo['unfused']:.2f}× | {geo['torch']:.2f}× |")
+    lines += [
+        "",
+        "| layout | pass | layer | K | fused | unfused | cuDNN + BN | vs unfused | vs cuDNN + BN | fused GB/s |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for (layout, pass_, layer, k), t in rows:
+        rate = gbps.get((layout, pass_, layer, k))
+        lines.append(
+            f"| {layout} | {pass_} | {layer} | {k} | {_fmt_time(t['fused'])} | {_fmt_time(t['unfused'])} | "
+            f"{_fmt_time(t['torch'])} | {t['unfused'] / t['fused']:.2f}× | {t['torch'] / t['fused']:.2f}× | "
+            f"{'—' if rate is None else f'{rate:,.0f}'} |"
+        )
+    lines += ["", "Speedups: the other provider's median over the fused op's (above 1: the fused op is faster)."]
+    return "\n".join(lines) + "\n"
+
+
 def _time_cell(times: dict[str, float], best: str, layout: str) -> str:
     if layout not in times:
         return "—"
@@ -361,9 +409,8 @@ def update_section(path: str | Path, section: str, body: str) -> None:
     tmp.replace(path)
 
 
-def _is_dwconv(data: dict[str, Any]) -> bool:
-    subjects = {(b.get("extra_info") or {}).get("subject") for b in data["benchmarks"]}
-    return subjects == {"dwconv"}
+def _subjects(data: dict[str, Any]) -> set[Any]:
+    return {(b.get("extra_info") or {}).get("subject") for b in data["benchmarks"]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -385,8 +432,10 @@ def main(argv: list[str] | None = None) -> int:
         predictions = load_predictions(args.predictions) if args.predictions else None
         for path in args.json:
             data = load(path)
-            if _is_dwconv(data):  # hundreds of two-row groups: one summary table instead
+            if _subjects(data) == {"dwconv"}:  # hundreds of two-row groups: one summary table instead
                 body = render_dwconv(data, copy_gbps, predictions)
+            elif _subjects(data) == {"dwconv_bn_act"}:
+                body = render_dwconv_bn_act(data)
             else:
                 body = render(data, args.reference, args.rerun)
             if args.update:

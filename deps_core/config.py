@@ -207,6 +207,8 @@ class RunConfig:
     ``fuse_dw_grad``: with the Triton backend, the depthwise weight-gradient kernel adds each term's ε-weighted
     gradient straight into the accumulator (see :func:`deps_core.step.functional_step`); off by default until its
     speed has been measured on a GPU (bench/RESULTS.md).
+    ``fuse_dw_bn_act``: with the Triton backend, each depthwise conv, its BN and activation run as one op
+    (``deps_kernels.dwconv_bn_act``: BN statistics from the conv's epilogue); off by default for the same reason.
     """
 
     seed: int = attrs.field(default=0, validator=_at_least(0))
@@ -219,6 +221,7 @@ class RunConfig:
     log_every: int = attrs.field(default=10, validator=_at_least(1))
     dw_backend: str = attrs.field(default="auto", validator=_one_of(("auto", "torch", "triton")))
     fuse_dw_grad: bool = False
+    fuse_dw_bn_act: bool = False
     tensorboard: bool = False
     wandb: bool = False
     progress: bool = True
@@ -228,11 +231,13 @@ class RunConfig:
     calib_batch: int = attrs.field(default=200, validator=_at_least(1))
 
     def __attrs_post_init__(self) -> None:
-        if self.fuse_dw_grad and (self.dw_backend == "torch" or self.device == "cpu" and self.dw_backend == "auto"):
-            raise ValueError(
-                f"run.fuse_dw_grad needs the Triton depthwise backend; run.dw_backend={self.dw_backend!r} on device "
-                f"{self.device!r} is torch"
-            )
+        torch_backend = self.dw_backend == "torch" or self.device == "cpu" and self.dw_backend == "auto"
+        for flag in ("fuse_dw_grad", "fuse_dw_bn_act"):
+            if getattr(self, flag) and torch_backend:
+                raise ValueError(
+                    f"run.{flag} needs the Triton depthwise backend; run.dw_backend={self.dw_backend!r} on device "
+                    f"{self.device!r} is torch"
+                )
 
 
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "method": MethodConfig, "run": RunConfig}

@@ -22,6 +22,7 @@ __all__ = [
     "batch_norm",
     "conv",
     "depthwise_conv",
+    "depthwise_bn_act",
     "resolve_depthwise_backend",
     "centre_slice",
     "dw_source_size",
@@ -98,6 +99,45 @@ def depthwise_conv(
         raise ValueError("grad_out (the fused depthwise weight gradient) needs the Triton backend")
     k = weight.shape[-1]
     return F.conv2d(x, weight, None, stride, k // 2, 1, x.shape[1])
+
+
+def depthwise_bn_act(
+    x: Tensor,
+    weight: Tensor,
+    bn_weight: Tensor,
+    bn_bias: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    *,
+    stride: int,
+    act: str,
+    training: bool,
+    momentum: float,
+    eps: float,
+    backend: str = "auto",
+    fused: bool = False,
+    grad_out: Tensor | None = None,
+    grad_scale: float = 1.0,
+) -> Tensor:
+    """``activation(batch_norm(depthwise_conv(x, weight)), act)``, the depthwise layer of an inverted-residual block.
+
+    ``fused`` (Triton backend only): one op, ``deps_kernels.dwconv_bn_act`` — the BN statistics from the conv
+    kernel's epilogue, normalisation and activation in one pass, the BN-activation backward in two passes; the running
+    statistics move as :func:`batch_norm` moves them. Otherwise the three ops in turn. ``grad_out``/``grad_scale``: as
+    in :func:`depthwise_conv`.
+    """
+    if fused:
+        if resolve_depthwise_backend(backend, x) != "triton":
+            raise ValueError(f"the fused depthwise-BN-activation op needs the Triton backend; backend={backend!r}")
+        from deps_kernels.dwconv_bn_act import dwconv_bn_act
+
+        return dwconv_bn_act(
+            x, weight, bn_weight, bn_bias, running_mean, running_var, kernel_size=weight.shape[-1], stride=stride,
+            training=training, momentum=momentum, eps=eps, act=act, grad_out=grad_out, grad_scale=grad_scale,
+        )  # fmt: skip
+    y = depthwise_conv(x, weight, stride=stride, backend=backend, grad_out=grad_out, grad_scale=grad_scale)
+    y = batch_norm(y, bn_weight, bn_bias, running_mean, running_var, training=training, momentum=momentum, eps=eps)
+    return activation(y, act)
 
 
 def resolve_depthwise_backend(backend: str, x: Tensor) -> str:

@@ -63,6 +63,7 @@ def functional_step(
     teacher_logits: Tensor | None = None,
     dw_backend: str = "auto",
     fuse_dw_grad: bool = False,
+    fuse_dw_bn_act: bool = False,
 ) -> StepResult:
     """Accumulate ``Σ_j w_j ∇L_j`` over ``terms`` into ``accumulator`` (which the caller zeroes per step).
 
@@ -72,9 +73,12 @@ def functional_step(
     ``fuse_dw_grad`` (Triton depthwise backend only): the depthwise weights convolved as they are (not through the
     kernel transform) are not differentiated by ``torch.func``; the Triton weight-gradient kernel adds ``w_j · ∇``
     straight into their accumulator views instead.
+    ``fuse_dw_bn_act`` (Triton depthwise backend only): each depthwise conv, BN and activation as one op
+    (``deps_kernels.dwconv_bn_act``).
     """
-    if fuse_dw_grad and ops.resolve_depthwise_backend(dw_backend, images) != "triton":
-        raise ValueError(f"fuse_dw_grad needs the Triton depthwise backend; dw_backend={dw_backend!r} is torch here")
+    for flag, on in (("fuse_dw_grad", fuse_dw_grad), ("fuse_dw_bn_act", fuse_dw_bn_act)):
+        if on and ops.resolve_depthwise_backend(dw_backend, images) != "triton":
+            raise ValueError(f"{flag} needs the Triton depthwise backend; dw_backend={dw_backend!r} is torch here")
     full_logits: Tensor | None = None
     losses = []
     for term in terms:
@@ -108,6 +112,7 @@ def functional_step(
                 dw_backend=dw_backend,
                 dw_grad_sinks=sinks,
                 dw_grad_scale=term.weight,
+                fuse_dw_bn_act=fuse_dw_bn_act,
             )
             loss = term_loss(term.loss, logits, labels, target, loss_config)
             return loss, logits.detach()

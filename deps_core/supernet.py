@@ -297,6 +297,7 @@ class Supernet(nn.Module):
         bn_momentum: float | None = None,
         dw_grad_sinks: Mapping[str, Tensor] | None = None,
         dw_grad_scale: float = 1.0,
+        fuse_dw_bn_act: bool = False,
     ) -> Tensor:
         """The subnet's forward on explicit active-slice ``views`` and BN ``buffers`` (see :meth:`active_params`).
 
@@ -304,6 +305,8 @@ class Supernet(nn.Module):
         ``dw_grad_sinks`` (Triton backend): for depthwise weights named in :meth:`direct_depthwise_weights`, a buffer
         shaped like the view into which the backward adds ``dw_grad_scale · dL/dview`` (the view then gets no
         gradient); see ``deps_kernels.elastic_dwconv``.
+        ``fuse_dw_bn_act`` (Triton backend): each depthwise conv, its BN and activation run as one op
+        (``deps_kernels.dwconv_bn_act``; same results, fewer passes over the depthwise output).
         """
         spec = self.spec
         eps = spec.bn_eps
@@ -311,15 +314,19 @@ class Supernet(nn.Module):
         keep_stats = not training or update_bn_stats
         sinks = dw_grad_sinks or {}
 
-        def dw(t: Tensor, name: str, w: Tensor, stride: int) -> Tensor:
-            sink = sinks.get(name)
-            return ops.depthwise_conv(t, w, stride=stride, backend=dw_backend, grad_out=sink, grad_scale=dw_grad_scale)
-
-        def bn(t: Tensor, prefix: str) -> Tensor:
+        def bn_args(prefix: str) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
             rm = buffers[prefix + "running_mean"] if keep_stats else None
             rv = buffers[prefix + "running_var"] if keep_stats else None
-            w, b = views[prefix + "weight"], views[prefix + "bias"]
-            return ops.batch_norm(t, w, b, rm, rv, training=training, momentum=momentum, eps=eps)
+            return views[prefix + "weight"], views[prefix + "bias"], rm, rv
+
+        def bn(t: Tensor, prefix: str) -> Tensor:
+            return ops.batch_norm(t, *bn_args(prefix), training=training, momentum=momentum, eps=eps)
+
+        def dw_bn_act(t: Tensor, name: str, w: Tensor, stride: int, bn_prefix: str, act: str) -> Tensor:
+            return ops.depthwise_bn_act(
+                t, w, *bn_args(bn_prefix), stride=stride, act=act, training=training, momentum=momentum, eps=eps,
+                backend=dw_backend, fused=fuse_dw_bn_act, grad_out=sinks.get(name), grad_scale=dw_grad_scale,
+            )  # fmt: skip
 
         def se(t: Tensor, prefix: str) -> Tensor:
             r, e = prefix + "se.reduce.", prefix + "se.expand."
@@ -330,8 +337,7 @@ class Supernet(nn.Module):
         x = ops.activation(bn(x, "stem.bn."), spec.stem.act)
         # fixed first block (expand ratio 1)
         f = spec.first
-        y = dw(x, "first.dw.weight", views["first.dw.weight"], f.stride)
-        y = ops.activation(bn(y, "first.dw_bn."), f.act)
+        y = dw_bn_act(x, "first.dw.weight", views["first.dw.weight"], f.stride, "first.dw_bn.", f.act)
         if f.se:
             y = se(y, "first.")
         y = bn(ops.conv(y, views["first.project.weight"]), "first.project_bn.")
@@ -344,8 +350,7 @@ class Supernet(nn.Module):
             w = self.depthwise_kernel(views, i, arch.ks[i])
             if name in sinks and w is not views[name]:
                 raise ValueError(f"{name} is convolved through the kernel transform; its gradient cannot be fused")
-            y = dw(y, name, w, b.stride)
-            y = ops.activation(bn(y, p + "dw_bn."), b.act)
+            y = dw_bn_act(y, name, w, b.stride, p + "dw_bn.", b.act)
             if b.se:
                 y = se(y, p)
             y = bn(ops.conv(y, views[p + "project.weight"]), p + "project_bn.")

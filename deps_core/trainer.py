@@ -191,11 +191,12 @@ class Trainer:
         self.amp = cuda if run.amp == "auto" else run.amp == "bf16"
         self.channels_last = cuda if run.channels_last == "auto" else run.channels_last == "on"
         backend = ops.resolve_depthwise_backend(run.dw_backend, torch.empty(0, device=self.device))
-        if run.fuse_dw_grad and backend != "triton":
-            raise ValueError(
-                f"run.fuse_dw_grad needs the Triton depthwise backend; run.dw_backend={run.dw_backend!r} resolves to "
-                f"{backend} on {self.device}"
-            )
+        for flag in ("fuse_dw_grad", "fuse_dw_bn_act"):
+            if getattr(run, flag) and backend != "triton":
+                raise ValueError(
+                    f"run.{flag} needs the Triton depthwise backend; run.dw_backend={run.dw_backend!r} resolves to "
+                    f"{backend} on {self.device}"
+                )
         self.teacher: FrozenTeacher | None = None
         self.reorganized: list[str] = []
         self.epoch, self.step = 0, 0
@@ -266,6 +267,7 @@ class Trainer:
                     teacher_logits=teacher_logits,
                     dw_backend=self.config.run.dw_backend,
                     fuse_dw_grad=self.config.run.fuse_dw_grad,
+                    fuse_dw_bn_act=self.config.run.fuse_dw_bn_act,
                 )
             if m > 0:
                 self.accumulator.flat.add_(target.flat)

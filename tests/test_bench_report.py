@@ -164,3 +164,35 @@ def test_dwconv_summary_sets_measured_times_against_the_sass_model(tmp_path, cap
     assert "not a bench/inspect_kernels.py result" in capsys.readouterr().err
     assert report.main([str(bench_path), "--predictions", str(tmp_path / "none.json")]) == 2
     assert "inspect_kernels.py --json" in capsys.readouterr().err
+
+
+def _bn_act(provider, median, *, layer, k=3, ops=1, gbps=None):
+    group = f"dwconv+bn+act fwd_bwd bf16 channels_last {layer} K{k}"
+    extra = dict(subject="dwconv_bn_act", layout="channels_last", pass_="fwd_bwd", layer=layer, kernel=k)
+    if gbps is not None:
+        extra["gbps"] = gbps
+    return _bench(group, provider, median, ops_per_call=ops, **extra)
+
+
+def test_dwconv_bn_act_summary_takes_geometric_means_of_per_pass_ratios(tmp_path, capsys):
+    data = _data(
+        [
+            _bn_act("fused", 0.004, layer="C144xH56s1", ops=2, gbps=900),  # 2 ms a pass
+            _bn_act("unfused", 0.003, layer="C144xH56s1"),  # 1.5×
+            _bn_act("torch", 0.008, layer="C144xH56s1"),  # 4×
+            _bn_act("fused", 0.001, layer="C960xH7s1"),
+            _bn_act("unfused", 0.006, layer="C960xH7s1"),  # 6×
+            _bn_act("torch", 0.001, layer="C960xH7s1"),  # 1×
+            _bn_act("fused", 0.001, layer="C72xH56s2"),  # no unfused row: left out
+            _bn_act("torch", 0.001, layer="C72xH56s2"),
+        ]
+    )
+    text = report.render_dwconv_bn_act(data)
+    assert "| channels_last | fwd_bwd | 2 | 3.00× | 2.00× |" in text  # √(1.5·6), √(4·1)
+    assert "| channels_last | fwd_bwd | C144xH56s1 | 3 | 2.00 ms | 3.00 ms | 8.00 ms | 1.50× | 4.00× | 900 |" in text
+    assert "C72xH56s2" not in text
+    path = tmp_path / "bn.json"
+    path.write_text(json.dumps(data))
+    assert report.main([str(path)]) == 0 and "fused vs unfused (geomean)" in capsys.readouterr().out
+    with pytest.raises(report.ReportError, match="no dwconv_bn_act benchmarks with all of"):
+        report.render_dwconv_bn_act(_data([_bn_act("fused", 0.001, layer="C72xH56s2")]))

@@ -1,9 +1,10 @@
 """The GPU benchmark code, run on the CPU at tiny sizes (Triton interpreter), so it still works when a GPU is lent.
 
 A lease of the GPU is short (bench/gpu_session.sh fits one in ~9 minutes); a typo found there costs the lease. These
-tests run the same files the session runs — bench/ceilings.py, bench/test_bench_dwconv.py, bench/tune_dwconv.py and
-bench/gpu_session.sh itself — with ``DEPS_BENCH_DEVICE=cpu``. Their times mean nothing; what is checked is that each
-produces the files and fields that bench/report.py and the notes are built from.
+tests run the same files the session runs — bench/ceilings.py, bench/test_bench_dwconv.py,
+bench/test_bench_dwconv_bn_act.py, bench/tune_dwconv.py and bench/gpu_session.sh itself — with
+``DEPS_BENCH_DEVICE=cpu``. Their times mean nothing; what is checked is that each produces the files and fields that
+bench/report.py and the notes are built from.
 """
 
 from __future__ import annotations
@@ -55,6 +56,24 @@ def test_dwconv_benchmark_writes_what_the_summary_needs(tmp_path):
     (row,) = report.dwconv_summary(data, copy_gbps=100.0)
     assert set(row["ours"]) == set(row["torch"]) == {"nchw", "channels_last"}
     assert row["speedup"] > 0 and row["roofline"] is not None
+
+
+def test_dwconv_bn_act_benchmark_writes_what_its_summary_needs(tmp_path):
+    out = tmp_path / "dwconv-bn-act.json"
+    cases = [
+        f"bench/test_bench_dwconv_bn_act.py::test_bench_dwconv_bn_act[channels_last-C5xH8s2-3-fwd_bwd-{provider}]"
+        for provider in ("fused", "unfused", "torch")
+    ]
+    proc = _run([sys.executable, "-m", "pytest", "-q", *cases, "--benchmark-only", f"--benchmark-json={out}"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = report.load(out)
+    assert len(data["benchmarks"]) == 3
+    for b in data["benchmarks"]:
+        e = b["extra_info"]
+        assert e["subject"] == "dwconv_bn_act" and e["shape"] == [2, 5, 8, 8] and e["gbps"] > 0
+        assert e["minimal_bytes"] == 2 * ((640 + 160) + (160 + 2 * 640))  # as the dwconv benchmark's, bf16
+    text = report.render_dwconv_bn_act(data)
+    assert "| channels_last | fwd_bwd | 1 |" in text and "| channels_last | fwd_bwd | C5xH8s2 | 3 |" in text
 
 
 def test_benchmarks_past_the_deadline_are_skipped_and_pytest_ends_normally():

@@ -159,3 +159,31 @@ def test_occupancy_follows_registers_warps_and_shared_memory():
     assert I.occupancy(64, 0, 4) == 32
     assert I.occupancy(32, 0, 4) == 64  # the 64-warp limit
     assert I.occupancy(32, 100 * 1024, 4) == 8  # two blocks' shared memory fit in 228 KiB
+
+
+def test_the_fused_depthwise_layer_compiles_without_spills_and_reads_whole_vectors(tmp_path):
+    """bench/inspect_bn_act.py on the first layer (16×112², every K): deps_kernels.dwconv_bn_act's four kernels
+    compile for sm_90, nothing spills, the elementwise kernels read channels_last bf16 16 bytes per lane, and the
+    predicted passes add up (the fused forward is the statistics kernel and the normalisation; the unfused one the
+    conv and five passes over y at copy bandwidth)."""
+    out = tmp_path / "bn_act.json"
+    proc = subprocess.run(
+        [sys.executable, "bench/inspect_bn_act.py", "--layers", "1", "--json", str(out)],
+        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = json.loads(out.read_text())
+    assert [(r["layer"], r["k"]) for r in rows] == [("C16xH112s1", 3), ("C16xH112s1", 5), ("C16xH112s1", 7)]
+    for r in rows:
+        assert set(r["kernels"]) == {"stats", "bn_act", "grad_reduce", "grad_elem"}
+        for name, kernel in r["kernels"].items():
+            assert kernel["stack"] == 0, (r["k"], name)
+            if name != "stats":  # (the conv's own loads include the scalar weights)
+                assert set(kernel["ldg_by_width"]) == {"16"}, (name, kernel["ldg_by_width"])  # (JSON keys)
+        k = r["kernels"]
+        assert r["fused"]["fwd"] == pytest.approx(k["stats"]["seconds"] + k["bn_act"]["seconds"])
+        elementwise = r["stats_pass_seconds"]  # one pass over y: 256·16·112² bf16 at 4,300 GB/s
+        assert elementwise == pytest.approx(256 * 16 * 112 * 112 * 2 / 4300e9)
+        assert r["unfused"]["fwd"] == pytest.approx(r["shared"]["fwd"] + 5 * elementwise)
+        assert r["speedup"]["fwd_bwd"] == pytest.approx(r["unfused"]["fwd_bwd"] / r["fused"]["fwd_bwd"])
+    assert "| geomean | 3 |" in proc.stdout

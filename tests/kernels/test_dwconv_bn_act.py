@@ -317,3 +317,29 @@ def test_bad_arguments_are_one_clear_value_error(what, change, message):
     ) | change  # fmt: skip
     with pytest.raises(ValueError, match=message):
         dwconv_bn_act(args.pop("x"), args.pop("weight"), args.pop("bn_weight"), args.pop("bn_bias"), **args)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_compile_forward_backward_and_running_statistics(device):
+    # on the CPU the interpreted ops are opaque to inductor; on CUDA they are triton_ops and it sees the kernels
+    torch._dynamo.reset()
+    params, stats = _inputs((2, 5, 6, 7, 7), torch.float32, "channels_last", device)
+    ref_stats = tuple(t.clone() for t in stats)
+    buffer = torch.zeros(params[1].shape, device=device)
+
+    @torch.compile(fullgraph=True)
+    def f(x, weight, gamma, beta, grad_out=None):
+        return _run([x, weight, gamma, beta], stats, 3, 2, momentum=0.5, act="h_swish", grad_out=grad_out) * 2
+
+    out = f(*params)
+    ga = _grad_like(out)
+    grads = torch.autograd.grad(out, params, ga)
+    out_ref, grads_ref, moved = _reference(params, ref_stats, 3, 2, 2 * ga, momentum=0.5, eps=1e-5, act="h_swish")
+    _assert_close(out, 2 * out_ref, "out", torch.float32)
+    for name, a, b in zip(("dx", "dW", "dγ", "dβ"), grads, grads_ref):
+        _assert_close(a, b, name, torch.float32)
+    for name, a, b in zip(("running_mean", "running_var"), stats, moved):
+        _assert_close(a, b, name, torch.float32)
+    f(*params, buffer).backward(ga)  # the fused accumulation through the compiled graph
+    _assert_close(buffer, grads_ref[1], "buffer", torch.float32)
+    assert params[1].grad is None

@@ -5,6 +5,8 @@ not differentiated by ``torch.func``; the Triton weight-gradient kernel adds ``w
 the accumulator's flat buffer. It must equal the existing path (torch backend, every gradient from ``torch.func``,
 added by ``GradAccumulator.add_``). With the kernel transform on, the smaller kernels are transformed in torch and
 their gradients take the op's unfused path (``dW`` returned to ``torch.func``), so both paths run in one step.
+``fuse_dw_bn_act=True``: each depthwise conv, BN and activation as one op (``deps_kernels.dwconv_bn_act``), whose
+running statistics must move as ``F.batch_norm`` moves them.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import copy
 
 import pytest
 import torch
+from deps_kernels import dwconv_bn_act as B
 from deps_kernels import elastic_dwconv as E
 
 from deps_core.accumulate import GradAccumulator
@@ -56,13 +59,17 @@ def _step(net, terms, images, labels, **kw):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(
-    "ks_choices, role, weight",
+    "ks_choices, role, weight, fusions",
     [
-        ((3,), "full", 1.0),  # one kernel size: every depthwise weight fused
-        ((3, 5), "uniform", 0.37),  # kernel transform: the 5×5 blocks fused, the transformed 3×3 through torch.func
+        ((3,), "full", 1.0, ("fuse_dw_grad",)),  # one kernel size: every depthwise weight fused
+        # kernel transform: the 5×5 blocks fused, the transformed 3×3 through torch.func
+        ((3, 5), "uniform", 0.37, ("fuse_dw_grad",)),
+        # each depthwise conv + BN + activation as one op (deps_kernels.dwconv_bn_act), with and without the fused dW
+        ((3, 5), "uniform", 0.37, ("fuse_dw_bn_act",)),
+        ((3, 5), "uniform", 1.0, ("fuse_dw_grad", "fuse_dw_bn_act")),
     ],
 )
-def test_fused_dw_gradient_step_equals_the_torch_path(device, ks_choices, role, weight):
+def test_fused_dw_gradient_step_equals_the_torch_path(device, ks_choices, role, weight, fusions, monkeypatch):
     # one term each (the interpreter is slow); several weighted additions into one buffer are tested on the op
     net = _supernet(ks_choices, device)
     arch = net.max_arch() if role == "full" else uniform_arch(net.spec, torch.Generator().manual_seed(0))
@@ -75,7 +82,12 @@ def test_fused_dw_gradient_step_equals_the_torch_path(device, ks_choices, role, 
     images = torch.randn(2, 3, 8, 8, generator=g, dtype=torch.float64).to(device)
     labels = torch.randint(0, 10, (2,), generator=g).to(device)
     ref = copy.deepcopy(net)
-    fused_acc, fused = _step(net, terms, images, labels, dw_backend="triton", fuse_dw_grad=True)
+    calls = []
+    op = B.dwconv_bn_act
+    monkeypatch.setattr(B, "dwconv_bn_act", lambda *a, **kw: calls.append(1) or op(*a, **kw))
+    fused_acc, fused = _step(net, terms, images, labels, dw_backend="triton", **dict.fromkeys(fusions, True))
+    layers = 1 + len(arch.active_blocks(net.spec))  # the first block's depthwise layer and each active block's
+    assert len(calls) == (layers if "fuse_dw_bn_act" in fusions else 0)
     torch_acc, plain = _step(ref, terms, images, labels, dw_backend="torch")
 
     assert fused_acc.touched == torch_acc.touched
@@ -89,8 +101,9 @@ def test_fused_dw_gradient_step_equals_the_torch_path(device, ks_choices, role, 
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=name)
 
 
-def test_fusing_needs_the_triton_backend():
+@pytest.mark.parametrize("flag", ["fuse_dw_grad", "fuse_dw_bn_act"])
+def test_fusing_needs_the_triton_backend(flag):
     net = _supernet((3,))
     terms = [SubnetTerm(net.max_arch(), 1.0, "ce", role="full")]
-    with pytest.raises(ValueError, match="fuse_dw_grad needs the Triton depthwise backend"):
-        _step(net, terms, torch.zeros(1, 3, 8, 8, dtype=torch.float64), torch.tensor([0]), fuse_dw_grad=True)
+    with pytest.raises(ValueError, match=f"{flag} needs the Triton depthwise backend"):
+        _step(net, terms, torch.zeros(1, 3, 8, 8, dtype=torch.float64), torch.tensor([0]), **{flag: True})

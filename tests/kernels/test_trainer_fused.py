@@ -1,4 +1,5 @@
-"""``run.fuse_dw_grad``: the trainer's steps with the fused depthwise weight gradient equal the unfused steps.
+"""``run.fuse_dw_grad`` (and ``run.fuse_dw_bn_act``): the trainer's steps with the fused depthwise weight gradient
+(and the depthwise conv, BN and activation as one op) equal the unfused steps.
 
 Two trainers from one config, one with ``run.dw_backend=triton run.fuse_dw_grad=true`` (the Triton kernels add each
 term's ε-weighted depthwise gradient straight into the accumulator), one with the torch backend; after the same
@@ -57,10 +58,15 @@ def _trainer(device: str, overrides: list[str], batches) -> Trainer:
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_fused_trainer_steps_equal_the_torch_backend(device):
+@pytest.mark.parametrize(
+    "fusions",
+    [["run.fuse_dw_grad=true"], ["run.fuse_dw_grad=true", "run.fuse_dw_bn_act=true"]],
+    ids=["dw_grad", "dw_grad+bn_act"],
+)
+def test_fused_trainer_steps_equal_the_torch_backend(device, fusions):
     g = torch.Generator().manual_seed(3)
     batches = [(torch.randn(4, 3, 8, 8, generator=g), torch.randint(0, 10, (4,), generator=g)) for _ in range(2)]
-    fused = _trainer(device, ["run.dw_backend=triton", "run.fuse_dw_grad=true"], batches)
+    fused = _trainer(device, ["run.dw_backend=triton", *fusions], batches)
     plain = _trainer(device, ["run.dw_backend=torch"], batches)
     records = []
     for trainer in (fused, plain):  # two ε-shrinking steps each
@@ -87,8 +93,9 @@ def test_fused_trainer_steps_equal_the_torch_backend(device):
     assert moved > 0  # the depthwise weights were updated, through the fused kernel
 
 
-def test_fusing_needs_the_triton_backend_named_in_the_config():
-    with pytest.raises(ValueError, match="run.fuse_dw_grad needs the Triton depthwise backend"):
-        apply_overrides(load_preset("default"), ["run.fuse_dw_grad=true", "run.dw_backend=torch"])
-    with pytest.raises(ValueError, match="run.fuse_dw_grad needs the Triton depthwise backend"):
-        apply_overrides(load_preset("default"), ["run.fuse_dw_grad=true", "run.device=cpu"])
+@pytest.mark.parametrize("flag", ["fuse_dw_grad", "fuse_dw_bn_act"])
+def test_fusing_needs_the_triton_backend_named_in_the_config(flag):
+    with pytest.raises(ValueError, match=f"run.{flag} needs the Triton depthwise backend"):
+        apply_overrides(load_preset("default"), [f"run.{flag}=true", "run.dw_backend=torch"])
+    with pytest.raises(ValueError, match=f"run.{flag} needs the Triton depthwise backend"):
+        apply_overrides(load_preset("default"), [f"run.{flag}=true", "run.device=cpu"])

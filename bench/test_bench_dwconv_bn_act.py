@@ -1,0 +1,137 @@
+"""The depthwise layer — elastic depthwise conv, BN in training mode, activation — three ways, on a GPU.
+
+The stretch goal of the kernels issue: BN statistics from the depthwise kernel's epilogue and the activation fused
+(``deps_kernels.dwconv_bn_act``). Shapes: the depthwise layers of OFA-MobileNetV3 w1.0 at 224 px, batch 256 (as in
+``bench/test_bench_dwconv.py``), K = 3 and 7 cut from the stored 7×7 kernel, bf16 activations with fp32 parameters (as
+under autocast), channels_last and NCHW; h-swish (the later stages' activation; ReLU costs the same passes).
+
+Providers (one pytest-benchmark group per layer × K × layout × pass):
+- ``fused``: ``dwconv_bn_act(...)`` — one op, ``run.fuse_dw_bn_act=true``;
+- ``unfused``: ``elastic_dwconv`` then ``F.batch_norm`` then ``F.hardswish`` — what the trainer runs with the Triton
+  backend alone;
+- ``torch``: ``F.conv2d`` (cuDNN, on the sliced weight cast to bf16) then ``F.batch_norm`` and ``F.hardswish``.
+
+Passes: ``fwd`` (training forward: statistics, running statistics moved, no graph) and ``fwd_bwd`` (forward and the
+gradients of x, the weight, γ and β). ``extra_info`` as in the dwconv benchmark; ``minimal_bytes`` is the layer's floor
+(forward: x read, the output written; backward: the output's gradient and x read, dx written; the saved tensors not
+counted), so ``gbps`` compares the three on the same work. Predicted from traffic alone (deps_kernels.dwconv_bn_act's
+docstring): forward + backward 3X + 10Y elements instead of 3X + 16Y, 1.46× at stride 1 and 1.27× at stride 2
+against ``unfused``, less where the conv kernels are compute-bound (bf16 7×7).
+
+Run on a GPU: ``python -m pytest bench/test_bench_dwconv_bn_act.py -m gpu --benchmark-only
+--benchmark-json=dwconv-bn-act.json`` (``bench/gpu_session.sh bnact`` runs the channels_last forward + backward),
+then ``python bench/report.py dwconv-bn-act.json --reference torch``. ``DEPS_BENCH_DEVICE=cpu`` runs it at tiny sizes
+in the Triton interpreter (tests/test_bench_smoke.py); its times mean nothing.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bench.test_bench_dwconv import (
+    BATCH,
+    DEVICE,
+    K_MAX,
+    LAYERS,
+    ROUNDS,
+    SMOKE,
+    _layer_id,
+    _ops_per_call,
+    _sync,
+    _triton_version,
+)
+
+pytestmark = [] if SMOKE else [pytest.mark.gpu]
+
+KERNELS = [3, 7]
+LAYOUTS = ["channels_last", "nchw"]
+PASSES = ["fwd", "fwd_bwd"]
+PROVIDERS = ["fused", "unfused", "torch"]
+MOMENTUM, EPS = 0.1, 1e-5
+
+
+def _layer(provider, x, w_full, gamma, beta, rm, rv, k, stride):
+    if provider == "fused":
+        from deps_kernels.dwconv_bn_act import dwconv_bn_act
+
+        return dwconv_bn_act(
+            x, w_full, gamma, beta, rm, rv, kernel_size=k, stride=stride, momentum=MOMENTUM, eps=EPS, act="h_swish"
+        )
+    if provider == "unfused":
+        from deps_kernels.elastic_dwconv import elastic_dwconv
+
+        y = elastic_dwconv(x, w_full, kernel_size=k, stride=stride)
+    else:
+        c, start = x.shape[1], (K_MAX - k) // 2
+        w = w_full[:c, :, start : start + k, start : start + k].to(x.dtype)
+        y = F.conv2d(x, w, None, stride, k // 2, 1, c)
+    return F.hardswish(F.batch_norm(y, rm, rv, gamma, beta, True, MOMENTUM, EPS))
+
+
+# the bottom decorator varies slowest: channels_last (the training layout) before NCHW, so a time cap cuts NCHW first
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("pass_", PASSES)
+@pytest.mark.parametrize("k", KERNELS)
+@pytest.mark.parametrize("layer", LAYERS, ids=_layer_id)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_bench_dwconv_bn_act(benchmark, layout, layer, k, pass_, provider):
+    c, h, stride = layer
+    benchmark.group = f"dwconv+bn+act {pass_} bf16 {layout} {_layer_id(layer)} K{k}"
+    g = torch.Generator(device=DEVICE).manual_seed(0)
+    x = torch.randn(BATCH, c, h, h, device=DEVICE, dtype=torch.bfloat16, generator=g)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    w_full = (torch.randn(c, 1, K_MAX, K_MAX, device=DEVICE, generator=g) * 0.1).requires_grad_()
+    gamma = (1 + 0.1 * torch.randn(c, device=DEVICE, generator=g)).requires_grad_()
+    beta = (0.1 * torch.randn(c, device=DEVICE, generator=g)).requires_grad_()
+    rm, rv = torch.zeros(c, device=DEVICE), torch.ones(c, device=DEVICE)
+    x.requires_grad_()
+    out = _layer(provider, x, w_full, gamma, beta, rm, rv, k, stride)
+    ga = torch.randn_like(out)
+
+    def fwd():
+        with torch.no_grad():
+            _layer(provider, x, w_full, gamma, beta, rm, rv, k, stride)
+
+    def fwd_bwd():
+        torch.autograd.grad(_layer(provider, x, w_full, gamma, beta, rm, rv, k, stride), (x, w_full, gamma, beta), ga)
+
+    op = {"fwd": fwd, "fwd_bwd": fwd_bwd}[pass_]
+    op()  # compile / pick the cuDNN algorithm outside the timing
+    _sync()
+    reps = _ops_per_call(op)
+
+    def call():
+        for _ in range(reps):
+            op()
+        _sync()
+
+    t0 = time.perf_counter()
+    benchmark.pedantic(call, rounds=ROUNDS, warmup_rounds=1, iterations=1)
+    size = x.element_size()
+    fwd_bytes = (x.numel() + out.numel()) * size
+    minimal = fwd_bytes + (pass_ == "fwd_bwd") * (out.numel() + 2 * x.numel()) * size
+    benchmark.extra_info.update(
+        subject="dwconv_bn_act",
+        provider=provider,
+        layer=_layer_id(layer),
+        kernel=k,
+        layout=layout,
+        dtype="bf16",
+        act="h_swish",
+        pass_=pass_,
+        device=torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu (Triton interpreter)",
+        torch=torch.__version__,
+        triton=_triton_version(),
+        shape=[BATCH, c, h, h],
+        stride=stride,
+        ops_per_call=reps,
+        minimal_bytes=minimal,
+        wall_seconds=round(time.perf_counter() - t0, 3),
+    )
+    if benchmark.stats:  # absent under --benchmark-disable
+        benchmark.extra_info["gbps"] = float(f"{minimal * reps / benchmark.stats.stats.median / 1e9:.4g}")
