@@ -127,7 +127,17 @@ def test_bench_elastic_dwconv(benchmark, layer, k, layout, dtype, pass_, provide
         torch.autograd.grad(_conv(provider, x, w_full, k, stride), (x, w_full), gy)
 
     op = {"fwd": fwd, "bwd": bwd, "fwd_bwd": fwd_bwd}[pass_]
-    op()  # compile / pick the cuDNN algorithm outside the timing
+    time_passes(
+        benchmark, op, _minimal_bytes(pass_, x, y), subject="dwconv", provider=provider, layer=_layer_id(layer),
+        kernel=k, layout=layout, dtype=dtype, pass_=pass_, shape=[BATCH, c, h, h], stride=stride,
+    )  # fmt: skip
+
+
+def time_passes(benchmark, op, minimal_bytes: int, **extra) -> None:
+    """Time ``op`` (one pass) with ``benchmark``: a first call outside the timing (compiles, cuDNN's choice), then
+    calls of :func:`_ops_per_call` passes each, synchronized once; ``extra_info`` gets ``extra``, the device and
+    versions, ``ops_per_call``, ``minimal_bytes`` and the achieved GB/s on them."""
+    op()
     _sync()
     reps = _ops_per_call(op)
 
@@ -138,26 +148,17 @@ def test_bench_elastic_dwconv(benchmark, layer, k, layout, dtype, pass_, provide
 
     t0 = time.perf_counter()
     benchmark.pedantic(call, rounds=ROUNDS, warmup_rounds=1, iterations=1)
-    minimal = _minimal_bytes(pass_, x, y)
     benchmark.extra_info.update(
-        subject="dwconv",
-        provider=provider,
-        layer=_layer_id(layer),
-        kernel=k,
-        layout=layout,
-        dtype=dtype,
-        pass_=pass_,
+        **extra,
         device=torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu (Triton interpreter)",
         torch=torch.__version__,
         triton=_triton_version(),
-        shape=[BATCH, c, h, h],
-        stride=stride,
         ops_per_call=reps,
-        minimal_bytes=minimal,
+        minimal_bytes=minimal_bytes,
         wall_seconds=round(time.perf_counter() - t0, 3),
     )
     if benchmark.stats:  # absent under --benchmark-disable
-        benchmark.extra_info["gbps"] = float(f"{minimal * reps / benchmark.stats.stats.median / 1e9:.4g}")
+        benchmark.extra_info["gbps"] = float(f"{minimal_bytes * reps / benchmark.stats.stats.median / 1e9:.4g}")
 
 
 def _triton_version() -> str:

@@ -26,24 +26,11 @@ in the Triton interpreter (tests/test_bench_smoke.py); its times mean nothing.
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.test_bench_dwconv import (
-    BATCH,
-    DEVICE,
-    K_MAX,
-    LAYERS,
-    ROUNDS,
-    SMOKE,
-    _layer_id,
-    _ops_per_call,
-    _sync,
-    _triton_version,
-)
+from bench.test_bench_dwconv import BATCH, DEVICE, K_MAX, LAYERS, SMOKE, _layer_id, _minimal_bytes, time_passes
 
 pytestmark = [] if SMOKE else [pytest.mark.gpu]
 
@@ -101,37 +88,8 @@ def test_bench_dwconv_bn_act(benchmark, layout, layer, k, pass_, provider):
         torch.autograd.grad(_layer(provider, x, w_full, gamma, beta, rm, rv, k, stride), (x, w_full, gamma, beta), ga)
 
     op = {"fwd": fwd, "fwd_bwd": fwd_bwd}[pass_]
-    op()  # compile / pick the cuDNN algorithm outside the timing
-    _sync()
-    reps = _ops_per_call(op)
-
-    def call():
-        for _ in range(reps):
-            op()
-        _sync()
-
-    t0 = time.perf_counter()
-    benchmark.pedantic(call, rounds=ROUNDS, warmup_rounds=1, iterations=1)
-    size = x.element_size()
-    fwd_bytes = (x.numel() + out.numel()) * size
-    minimal = fwd_bytes + (pass_ == "fwd_bwd") * (out.numel() + 2 * x.numel()) * size
-    benchmark.extra_info.update(
-        subject="dwconv_bn_act",
-        provider=provider,
-        layer=_layer_id(layer),
-        kernel=k,
-        layout=layout,
-        dtype="bf16",
-        act="h_swish",
-        pass_=pass_,
-        device=torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu (Triton interpreter)",
-        torch=torch.__version__,
-        triton=_triton_version(),
-        shape=[BATCH, c, h, h],
-        stride=stride,
-        ops_per_call=reps,
-        minimal_bytes=minimal,
-        wall_seconds=round(time.perf_counter() - t0, 3),
-    )
-    if benchmark.stats:  # absent under --benchmark-disable
-        benchmark.extra_info["gbps"] = float(f"{minimal * reps / benchmark.stats.stats.median / 1e9:.4g}")
+    time_passes(
+        benchmark, op, _minimal_bytes(pass_, x, out), subject="dwconv_bn_act", provider=provider,
+        layer=_layer_id(layer), kernel=k, layout=layout, dtype="bf16", act="h_swish", pass_=pass_,
+        shape=[BATCH, c, h, h], stride=stride,
+    )  # fmt: skip
