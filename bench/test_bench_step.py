@@ -6,6 +6,8 @@ Providers (one pytest-benchmark group per subject, so they print side by side):
   ε-weighted accumulation into one flat fp32 buffer; the depthwise op of ``deps_core.ops``, Triton on CUDA);
 - ``deps_fused`` (GPU): the same with ``fuse_dw_grad=True`` (the Triton kernel adds the depthwise weight gradients
   straight into the accumulator);
+- ``deps_fused_bn`` (GPU): ``deps_fused`` with ``fuse_dw_bn_act=True`` too (each depthwise conv, its BN and activation
+  as one op, ``deps_kernels.dwconv_bn_act``);
 - ``deps_cudnn`` (GPU): ``deps`` with PyTorch's depthwise conv (``dw_backend="torch"``) instead of the Triton kernel,
   so the kernel's share of the step is measured apart from the functional step's;
 - ``autograd``: :func:`deps_core.step.autograd_step`, the same supernet with ``(w · loss).backward()`` per term;
@@ -38,7 +40,7 @@ from deps_core.step import autograd_step, detached_state, functional_step
 from deps_core.strategies import DepsStrategy, SubnetTerm
 
 PROVIDERS = ["deps", "autograd", "eager", "static"]
-GPU_PROVIDERS = ["deps", "deps_fused", "deps_cudnn", "autograd", "eager", "static"]
+GPU_PROVIDERS = ["deps", "deps_fused", "deps_fused_bn", "deps_cudnn", "autograd", "eager", "static"]
 SETTINGS = {
     # device: space, width, batch, resolution, classes, autocast, rounds
     "cpu": ("ofa_mbv3_32", 0.5, 64, 32, 10, False, 5),
@@ -82,16 +84,17 @@ def _runner(provider: str, net, terms, x, y, autocast: bool):
     def amp():
         return torch.autocast(device, dtype=torch.bfloat16, enabled=autocast)
 
-    if provider in ("deps", "deps_fused", "deps_cudnn"):
+    if provider in ("deps", "deps_fused", "deps_fused_bn", "deps_cudnn"):
         params, buffers = detached_state(net)
         acc = GradAccumulator(params)
-        fuse = provider == "deps_fused"  # depthwise dW added into the accumulator by the Triton kernel (CUDA only)
+        # (CUDA only) depthwise dW added into the accumulator by the Triton kernel; conv + BN + activation as one op
+        fusions = dict(fuse_dw_grad=provider.startswith("deps_fused"), fuse_dw_bn_act=provider == "deps_fused_bn")
         backend = "torch" if provider == "deps_cudnn" else "auto"
 
         def run():
             acc.zero_()
             with amp():
-                functional_step(net, params, buffers, acc, terms, x, y, fuse_dw_grad=fuse, dw_backend=backend)
+                functional_step(net, params, buffers, acc, terms, x, y, dw_backend=backend, **fusions)
             sync()
 
     elif provider == "autograd":
