@@ -16,12 +16,14 @@
 #
 # Stages (caps in seconds, overridable as CAP_<stage>=N):
 #   env     nvidia-smi, versions, bench/ceilings.py (copy bandwidth, bf16 matmul rate)          30
-#   tests   pytest -m gpu tests/ (kernels, fused step and trainer, bf16 eval, CUDA latency)      180
+#   tests   pytest -m gpu tests/ (kernels, fused step and trainer, bf16 eval, CUDA latency; not   180
+#           the fused depthwise layer's, which the bnact stage runs)
 #   dwconv  bench/test_bench_dwconv.py, forward+backward, bf16 and fp32, both layouts            150
 #   step    bench/test_bench_step.py -m gpu (shrinking step, FM-warmup step, k sweep)            150
 #   passes  bench/test_bench_dwconv.py, forward and backward apart, bf16                         150
 #   tune    bench/tune_dwconv.py (tile sweep against the current tile rule)                      150
-#   bnact   bench/test_bench_dwconv_bn_act.py, channels_last forward+backward (the stretch goal)  120
+#   bnact   the fused depthwise layer (the stretch goal): its gpu tests, then                    120
+#           bench/test_bench_dwconv_bn_act.py, channels_last forward+backward                       +120
 #   report  bench/report.py on what is there -> report.md                                         30
 # DEPS_BENCH_DEVICE=cpu runs the same stages on the CPU at tiny sizes (Triton interpreter) to check this script.
 set -uo pipefail
@@ -89,7 +91,9 @@ stage_tests() {
     if [ "$SMOKE" = 1 ]; then  # the CPU stand-in: the kernel tests in the interpreter, the first few only
         run "$(cap tests 180)" tests "${PYTEST[@]}" tests/kernels/test_elastic_dwconv.py -x -k "float32 and k3"
     else
-        run "$(cap tests 180)" tests "${PYTEST[@]}" -m gpu tests "${deselect[@]}"
+        # the fused depthwise layer's tests run in the bnact stage: their compiles would take this stage's time first
+        run "$(cap tests 180)" tests "${PYTEST[@]}" -m gpu tests "${deselect[@]}" \
+            --ignore=tests/kernels/test_dwconv_bn_act.py
     fi
 }
 
@@ -114,6 +118,11 @@ stage_step() {
 }
 
 stage_bnact() {
+    if [ "$SMOKE" = 1 ]; then
+        run "$(cap bnact 120)" bnact-tests "${PYTEST[@]}" tests/kernels/test_dwconv_bn_act.py -x -k "float32 and k3"
+    else
+        run "$(cap bnact 120)" bnact-tests "${PYTEST[@]}" -m gpu tests/kernels/test_dwconv_bn_act.py
+    fi
     run "$(cap bnact 120)" bnact "${PYTEST[@]}" bench/test_bench_dwconv_bn_act.py "${BENCH_DEVICE_ARGS[@]}" \
         --benchmark-only -k "channels_last and fwd_bwd" --benchmark-json="$OUT/dwconv-bn-act.json" \
         --benchmark-columns=median,iqr,rounds
