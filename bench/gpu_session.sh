@@ -91,9 +91,9 @@ stage_tests() {
     if [ "$SMOKE" = 1 ]; then  # the CPU stand-in: the kernel tests in the interpreter, the first few only
         run "$(cap tests 180)" tests "${PYTEST[@]}" tests/kernels/test_elastic_dwconv.py -x -k "float32 and k3"
     else
-        # the fused depthwise layer's tests run in the bnact stage: their compiles would take this stage's time first
-        run "$(cap tests 180)" tests "${PYTEST[@]}" -m gpu tests "${deselect[@]}" \
-            --ignore=tests/kernels/test_dwconv_bn_act.py
+        # the fused depthwise layer's tests (-k bn_act: its module, and its cases of the step and trainer tests) run in
+        # the bnact stage: their compiles came first and would take this stage's time
+        run "$(cap tests 180)" tests "${PYTEST[@]}" -m gpu tests "${deselect[@]}" -k "not bn_act"
     fi
 }
 
@@ -121,7 +121,7 @@ stage_bnact() {
     if [ "$SMOKE" = 1 ]; then
         run "$(cap bnact 120)" bnact-tests "${PYTEST[@]}" tests/kernels/test_dwconv_bn_act.py -x -k "float32 and k3"
     else
-        run "$(cap bnact 120)" bnact-tests "${PYTEST[@]}" -m gpu tests/kernels/test_dwconv_bn_act.py
+        run "$(cap bnact 120)" bnact-tests "${PYTEST[@]}" -m gpu tests/kernels -k bn_act
     fi
     run "$(cap bnact 120)" bnact "${PYTEST[@]}" bench/test_bench_dwconv_bn_act.py "${BENCH_DEVICE_ARGS[@]}" \
         --benchmark-only -k "channels_last and fwd_bwd" --benchmark-json="$OUT/dwconv-bn-act.json" \

@@ -68,6 +68,7 @@ def _step(net, terms, images, labels, **kw):
         ((3, 5), "uniform", 0.37, ("fuse_dw_bn_act",)),
         ((3, 5), "uniform", 1.0, ("fuse_dw_grad", "fuse_dw_bn_act")),
     ],
+    ids=["one_k-dw_grad", "transform-dw_grad", "transform-bn_act", "transform-dw_grad+bn_act"],
 )
 def test_fused_dw_gradient_step_equals_the_torch_path(device, ks_choices, role, weight, fusions, monkeypatch):
     # one term each (the interpreter is slow); several weighted additions into one buffer are tested on the op
