@@ -380,11 +380,13 @@ def _dwconv_bn_act_op(
             running_mean.mul_(1 - momentum).add_(mean_b.to(running_mean.dtype), alpha=momentum)
             running_var.mul_(1 - momentum).add_((var_b * (count / (count - 1))).to(running_var.dtype), alpha=momentum)
     else:
-        _E._forward(x, weight, y, kernel_size, stride)
+        if y.numel():  # (an empty batch: no kernel to launch; training rejects it, one value per channel)
+            _E._forward(x, weight, y, kernel_size, stride)
         mean.copy_(running_mean)
         rstd.copy_(torch.rsqrt(running_var.to(acc) + eps))
     scale = bn_weight.to(acc) * rstd
-    _bn_act(y, out, scale, bn_bias.to(acc) - mean * scale, act)
+    if y.numel():
+        _bn_act(y, out, scale, bn_bias.to(acc) - mean * scale, act)
     return out, y, mean, rstd
 
 
@@ -405,6 +407,8 @@ def _grad_bn_act_op(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(dL/dy, dL/dγ, dL/dβ)`` from ``dL/d out``."""
     gy, _, _ = _fake_grad_bn_act(grad_out, y, bn_weight, bn_bias, mean, rstd, training, act)
+    if not y.numel():  # an empty batch in evaluation
+        return gy, torch.zeros_like(bn_weight), torch.zeros_like(bn_bias)
     acc = mean.dtype
     scale = bn_weight.to(acc) * rstd
     sum_dz, sum_dz_yhat = _bn_act_grad(

@@ -176,6 +176,15 @@ def test_evaluation_normalises_with_the_running_statistics(device, layout, act):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_an_empty_batch_in_evaluation_gives_empty_outputs_and_zero_gradients(device):
+    params, stats = _inputs((0, 3, 4, 5, 5), torch.float32, "channels_last", device)
+    out = _run(params, stats, 3, 2, training=False)
+    assert out.shape == (0, 3, 3, 3)
+    grads = torch.autograd.grad(out.sum(), params)
+    assert grads[0].shape == params[0].shape and all(torch.equal(g, torch.zeros_like(g)) for g in grads[1:])
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_training_without_running_statistics_and_planes_of_several_tiles(device):
     # 40 × 40 outputs at fp64 (1,024-element tiles): the statistics and the backward's sums merge several tiles a
     # plane; no running statistics (BigNAS-style subnets, deps' update_bn_stats=False)
