@@ -23,7 +23,8 @@
 #   passes  bench/test_bench_dwconv.py, forward and backward apart, bf16                         150
 #   tune    bench/tune_dwconv.py (tile sweep against the current tile rule)                      150
 #   bnact   the fused depthwise layer (the stretch goal): its gpu tests, then                    120
-#           bench/test_bench_dwconv_bn_act.py, channels_last forward+backward                       +120
+#           the shrinking step with it (deps_fused_bn vs deps_fused, which the step stage leaves
+#           out) and bench/test_bench_dwconv_bn_act.py, channels_last forward+backward            +150
 #   report  bench/report.py on what is there -> report.md                                         30
 # DEPS_BENCH_DEVICE=cpu runs the same stages on the CPU at tiny sizes (Triton interpreter) to check this script.
 set -uo pipefail
@@ -113,7 +114,7 @@ stage_step() {
             -k "fm_warmup and (deps or static)" --benchmark-json="$OUT/step-gpu.json"
     else
         run "$(cap step 150)" step "${PYTEST[@]}" bench/test_bench_step.py -m gpu --benchmark-only \
-            --benchmark-json="$OUT/step-gpu.json"
+            -k "not deps_fused_bn" --benchmark-json="$OUT/step-gpu.json"
     fi
 }
 
@@ -123,9 +124,12 @@ stage_bnact() {
     else
         run "$(cap bnact 120)" bnact-tests "${PYTEST[@]}" -m gpu tests/kernels -k bn_act
     fi
-    run "$(cap bnact 120)" bnact "${PYTEST[@]}" bench/test_bench_dwconv_bn_act.py "${BENCH_DEVICE_ARGS[@]}" \
-        --benchmark-only -k "channels_last and fwd_bwd" --benchmark-json="$OUT/dwconv-bn-act.json" \
-        --benchmark-columns=median,iqr,rounds
+    # the shrinking step with the fused layer against the step without it (its compiles kept out of the step
+    # stage), then the layer alone; one JSON (the device tool returns at most 8 files), reported by subject
+    run "$(cap bnact_bench 150)" bnact "${PYTEST[@]}" bench/test_bench_step.py bench/test_bench_dwconv_bn_act.py \
+        "${BENCH_DEVICE_ARGS[@]}" --benchmark-only \
+        -k "(shrinking_step_gpu and deps_fused) or (test_bench_dwconv_bn_act and channels_last and fwd_bwd)" \
+        --benchmark-json="$OUT/dwconv-bn-act.json" --benchmark-columns=median,iqr,rounds
 }
 
 stage_tune() {

@@ -413,6 +413,28 @@ def _subjects(data: dict[str, Any]) -> set[Any]:
     return {(b.get("extra_info") or {}).get("subject") for b in data["benchmarks"]}
 
 
+def render_file(
+    data: dict[str, Any],
+    reference: str | None = None,
+    rerun: str | None = None,
+    copy_gbps: float | None = None,
+    predictions: dict[tuple, float] | None = None,
+) -> str:
+    """One JSON file's Markdown: the depthwise summaries for their subjects (hundreds of small groups each), the
+    group tables for the rest (a file may hold both: the GPU session's bnact stage runs the step and the layer)."""
+    subjects = _subjects(data)
+    if subjects == {"dwconv"}:
+        return render_dwconv(data, copy_gbps, predictions)
+    parts = []
+    if "dwconv_bn_act" in subjects:
+        bn_act = [b for b in data["benchmarks"] if (b.get("extra_info") or {}).get("subject") == "dwconv_bn_act"]
+        parts.append(render_dwconv_bn_act({**data, "benchmarks": bn_act}))
+        data = {**data, "benchmarks": [b for b in data["benchmarks"] if b not in bn_act]}
+    if data["benchmarks"]:
+        parts.append(render(data, reference, rerun))
+    return "\n".join(parts)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/report.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("json", nargs="+", help="pytest-benchmark JSON files")
@@ -432,12 +454,7 @@ def main(argv: list[str] | None = None) -> int:
         predictions = load_predictions(args.predictions) if args.predictions else None
         for path in args.json:
             data = load(path)
-            if _subjects(data) == {"dwconv"}:  # hundreds of two-row groups: one summary table instead
-                body = render_dwconv(data, copy_gbps, predictions)
-            elif _subjects(data) == {"dwconv_bn_act"}:
-                body = render_dwconv_bn_act(data)
-            else:
-                body = render(data, args.reference, args.rerun)
+            body = render_file(data, args.reference, args.rerun, copy_gbps, predictions)
             if args.update:
                 update_section(args.update, args.section or Path(path).stem, body)
             else:

@@ -194,5 +194,10 @@ def test_dwconv_bn_act_summary_takes_geometric_means_of_per_pass_ratios(tmp_path
     path = tmp_path / "bn.json"
     path.write_text(json.dumps(data))
     assert report.main([str(path)]) == 0 and "fused vs unfused (geomean)" in capsys.readouterr().out
+    # with the step's rows in the same file (gpu_session's bnact stage): the summary, then the step's group table
+    data["benchmarks"] += [_bench("step shrinking", "deps_fused", 0.2), _bench("step shrinking", "deps_fused_bn", 0.1)]
+    text = report.render_file(data)
+    assert text.index("fused vs unfused (geomean)") < text.index("**step shrinking**")
+    assert "| deps_fused_bn | 100.00 ms |" in text
     with pytest.raises(report.ReportError, match="no dwconv_bn_act benchmarks with all of"):
         report.render_dwconv_bn_act(_data([_bn_act("fused", 0.001, layer="C72xH56s2")]))
