@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import torch.nn.functional as F
 from deps_kernels import TRITON_AVAILABLE
+from deps_kernels.reference import ACTIVATIONS, activation_reference
 from torch import Tensor
 
 __all__ = [
@@ -36,16 +37,11 @@ DEPTHWISE_BACKENDS = ("auto", "torch", "triton")
 
 
 def activation(x: Tensor, name: str) -> Tensor:
-    """ReLU, ReLU6, h-swish (``x · relu6(x + 3) / 6``) or identity."""
-    if name == "relu":
-        return F.relu(x)
-    if name == "h_swish":
-        return F.hardswish(x)
-    if name == "relu6":
-        return F.relu6(x)
-    if name == "none":
-        return x
-    raise ValueError(f"unknown activation {name!r}")
+    """ReLU, ReLU6, h-swish (``x · relu6(x + 3) / 6``) or identity: ``deps_kernels.reference``'s, which the fused
+    depthwise layer's kernels are checked against."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}")
+    return activation_reference(x, name)
 
 
 def batch_norm(
