@@ -30,7 +30,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.test_bench_dwconv import BATCH, DEVICE, K_MAX, LAYERS, SMOKE, _layer_id, _minimal_bytes, time_passes
+from bench.test_bench_dwconv import BATCH, DEVICE, K_MAX, LAYERS, SMOKE, _conv, _layer_id, _minimal_bytes, time_passes
 
 pytestmark = [] if SMOKE else [pytest.mark.gpu]
 
@@ -48,14 +48,7 @@ def _layer(provider, x, w_full, gamma, beta, rm, rv, k, stride):
         return dwconv_bn_act(
             x, w_full, gamma, beta, rm, rv, kernel_size=k, stride=stride, momentum=MOMENTUM, eps=EPS, act="h_swish"
         )
-    if provider == "unfused":
-        from deps_kernels.elastic_dwconv import elastic_dwconv
-
-        y = elastic_dwconv(x, w_full, kernel_size=k, stride=stride)
-    else:
-        c, start = x.shape[1], (K_MAX - k) // 2
-        w = w_full[:c, :, start : start + k, start : start + k].to(x.dtype)
-        y = F.conv2d(x, w, None, stride, k // 2, 1, c)
+    y = _conv("ours" if provider == "unfused" else "torch", x, w_full, k, stride)  # the dwconv benchmark's two convs
     return F.hardswish(F.batch_norm(y, rm, rv, gamma, beta, True, MOMENTUM, EPS))
 
 

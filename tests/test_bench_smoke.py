@@ -33,6 +33,13 @@ def _run(args, env=SMOKE_ENV, timeout=300):
     return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def _benchmark_json(cases, out):
+    """Run the benchmark ``cases`` (node ids) in a pytest of their own; what report.py reads of the JSON it wrote."""
+    proc = _run([sys.executable, "-m", "pytest", "-q", *cases, "--benchmark-only", f"--benchmark-json={out}"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return report.load(out)
+
+
 def test_ceilings_measure_copy_bandwidth_and_matmul_rate(tmp_path):
     out = tmp_path / "ceilings.json"
     assert ceilings.main(["--device", "cpu", "--small", "--out", str(out)]) == 0
@@ -42,10 +49,7 @@ def test_ceilings_measure_copy_bandwidth_and_matmul_rate(tmp_path):
 
 
 def test_dwconv_benchmark_writes_what_the_summary_needs(tmp_path):
-    out = tmp_path / "dwconv.json"
-    proc = _run([sys.executable, "-m", "pytest", "-q", *DWCONV_CASES, "--benchmark-only", f"--benchmark-json={out}"])
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    data = report.load(out)
+    data = _benchmark_json(DWCONV_CASES, tmp_path / "dwconv.json")
     assert len(data["benchmarks"]) == 4
     for b in data["benchmarks"]:
         e = b["extra_info"]
@@ -59,14 +63,11 @@ def test_dwconv_benchmark_writes_what_the_summary_needs(tmp_path):
 
 
 def test_dwconv_bn_act_benchmark_writes_what_its_summary_needs(tmp_path):
-    out = tmp_path / "dwconv-bn-act.json"
     cases = [
         f"bench/test_bench_dwconv_bn_act.py::test_bench_dwconv_bn_act[channels_last-C5xH8s2-3-fwd_bwd-{provider}]"
         for provider in ("fused", "unfused", "torch")
     ]
-    proc = _run([sys.executable, "-m", "pytest", "-q", *cases, "--benchmark-only", f"--benchmark-json={out}"])
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    data = report.load(out)
+    data = _benchmark_json(cases, tmp_path / "dwconv-bn-act.json")
     assert len(data["benchmarks"]) == 3
     for b in data["benchmarks"]:
         e = b["extra_info"]
