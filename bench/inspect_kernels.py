@@ -35,7 +35,8 @@ of one tile (``dy``).
     python bench/inspect_kernels.py --smoke               # a few cases (the CI test)
     python bench/inspect_kernels.py --compare before.json after.json   # geometric means, before → after
 
-Run it without ``TRITON_INTERPRET`` (the interpreter has nothing to compile).
+Run it without ``TRITON_INTERPRET`` (the interpreter has nothing to compile), with Triton ≥ 3.5 (it drives the JIT's
+private specialization code; older versions are refused with one line).
 """
 
 from __future__ import annotations
@@ -154,13 +155,29 @@ def parse_target(name: str):
     return GPUTarget("cuda", int(m.group(1)), 32)
 
 
+def jit_internals_missing() -> str | None:
+    """Why this Triton cannot be driven by the tool, or None. The tool specializes arguments through the JIT's private
+    binder (``create_function_from_signature``, returning ``(bound, specialization, options)``) and
+    ``JITFunction._pack_args``: Triton 3.5 onwards (checked with 3.6.0 and 3.7.1); 3.3 and 3.4 inline the packing in
+    ``JITFunction.run`` and 3.2's binder returns five values."""
+    try:
+        from triton.compiler import make_backend  # noqa: F401
+        from triton.runtime.jit import JITFunction, create_function_from_signature  # noqa: F401
+    except ImportError as err:
+        return f"this Triton ({_triton_version()}) lacks the JIT internals the tool uses ({err}); needs Triton ≥ 3.5"
+    if not hasattr(JITFunction, "_pack_args"):
+        return f"this Triton ({_triton_version()}) lacks JITFunction._pack_args, used by the tool; needs Triton ≥ 3.5"
+    return None
+
+
 @functools.cache
 def _backend_and_binder(kernel, target):
-    try:
-        from triton.compiler import make_backend
-        from triton.runtime.jit import create_function_from_signature
-    except ImportError as err:  # private API: present in Triton 3.3–3.7
-        raise InspectError(f"this Triton ({_triton_version()}) lacks the JIT internals the tool uses: {err}") from None
+    missing = jit_internals_missing()
+    if missing:
+        raise InspectError(missing)
+    from triton.compiler import make_backend
+    from triton.runtime.jit import create_function_from_signature
+
     backend = make_backend(target)
     return backend, create_function_from_signature(kernel.signature, kernel.params, backend)
 

@@ -24,6 +24,9 @@ sys.path.insert(0, str(ROOT))
 
 from bench import inspect_kernels as I  # noqa: E402
 
+_MISSING = I.jit_internals_missing()  # the tool drives Triton's private JIT code: Triton ≥ 3.5
+needs_jit_internals = pytest.mark.skipif(_MISSING is not None, reason=str(_MISSING))
+
 
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
@@ -43,6 +46,7 @@ def smoke_rows(tmp_path_factory) -> list[dict]:
     return json.loads(out.read_text())
 
 
+@needs_jit_internals
 def test_every_smoke_case_compiles_for_sm90_without_spilling(smoke_rows):
     assert [r["name"] for r in smoke_rows] == [I.Case(*c).name for c in I.SMOKE_CASES]
     for r in smoke_rows:
@@ -54,6 +58,7 @@ def test_every_smoke_case_compiles_for_sm90_without_spilling(smoke_rows):
             assert 0 < r[key] < 1e3, (r["name"], key)
 
 
+@needs_jit_internals
 def test_channels_last_bf16_reads_16_bytes_per_lane(smoke_rows):
     for r in smoke_rows:
         c = r["case"]
@@ -63,6 +68,7 @@ def test_channels_last_bf16_reads_16_bytes_per_lane(smoke_rows):
                 assert set(r["ldg_by_width"]) == {"16"}, r["name"]
 
 
+@needs_jit_internals
 def test_the_weight_gradient_loop_has_no_cross_thread_reduction(smoke_rows):
     dw = [r for r in smoke_rows if r["case"]["kernel"] == "dw"]
     assert dw
@@ -71,6 +77,7 @@ def test_the_weight_gradient_loop_has_no_cross_thread_reduction(smoke_rows):
         assert r["shfl"] == 0 and r["bar"] == 0 and r["lds"] == 0 and r["sts"] == 0, r["name"]
 
 
+@needs_jit_internals
 def test_weight_loads_are_shared_and_strided_dx_loads_only_its_phases_taps(smoke_rows):
     rows = {r["name"]: r for r in smoke_rows}
     # the stored kernel's channel stride (K_max² = 49) allows no vector: each thread loads its channels' weights one
@@ -114,6 +121,17 @@ def test_the_interpreter_is_refused_with_one_clear_error():
     )  # fmt: skip
     assert proc.returncode == 2
     assert "TRITON_INTERPRET=1" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.skipif(_MISSING is None, reason="this Triton has the JIT internals the tool uses")
+def test_an_older_triton_is_refused_with_one_clear_error():
+    for script in ("bench/inspect_kernels.py", "bench/inspect_bn_act.py"):
+        proc = subprocess.run(
+            [sys.executable, script, "--smoke"] if script.endswith("kernels.py") else [sys.executable, script],
+            cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert proc.returncode == 2, (script, proc.stderr[-2000:])
+        assert "needs Triton ≥ 3.5" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
 
 
 def test_bad_target_and_bandwidth_are_refused():
@@ -161,6 +179,7 @@ def test_occupancy_follows_registers_warps_and_shared_memory():
     assert I.occupancy(32, 100 * 1024, 4) == 8  # two blocks' shared memory fit in 228 KiB
 
 
+@needs_jit_internals
 def test_the_fused_depthwise_layer_compiles_without_spills_and_reads_whole_vectors(tmp_path):
     """bench/inspect_bn_act.py on the first layer (16×112², every K): deps_kernels.dwconv_bn_act's four kernels
     compile for sm_90, nothing spills, the elementwise kernels read channels_last bf16 16 bytes per lane, and the
