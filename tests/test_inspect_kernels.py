@@ -125,12 +125,11 @@ def test_the_interpreter_is_refused_with_one_clear_error():
 
 @pytest.mark.skipif(_MISSING is None, reason="this Triton has the JIT internals the tool uses")
 def test_an_older_triton_is_refused_with_one_clear_error():
-    for script in ("bench/inspect_kernels.py", "bench/inspect_bn_act.py"):
+    for command in (["bench/inspect_kernels.py", "--smoke"], ["bench/inspect_bn_act.py"]):
         proc = subprocess.run(
-            [sys.executable, script, "--smoke"] if script.endswith("kernels.py") else [sys.executable, script],
-            cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300,
+            [sys.executable, *command], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300,
         )  # fmt: skip
-        assert proc.returncode == 2, (script, proc.stderr[-2000:])
+        assert proc.returncode == 2, (command, proc.stderr[-2000:])
         assert "needs Triton ≥ 3.5" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
 
 
