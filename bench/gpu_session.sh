@@ -20,6 +20,7 @@
 #           the fused depthwise layer's, which the bnact stage runs)
 #   dwconv  bench/test_bench_dwconv.py, forward+backward, bf16 and fp32, both layouts            150
 #   step    bench/test_bench_step.py -m gpu (shrinking step, FM-warmup step, k sweep)            150
+#           and bench/test_bench_grad_engine.py -m gpu (torch.func vs autograd.grad) if time is left
 #   passes  bench/test_bench_dwconv.py, forward and backward apart, bf16                         150
 #   tune    bench/tune_dwconv.py (tile sweep against the current tile rule)                      150
 #   bnact   the fused depthwise layer (the stretch goal): its gpu tests, then                    120
@@ -113,8 +114,9 @@ stage_step() {
         run "$(cap step 150)" step "${PYTEST[@]}" bench/test_bench_step.py --benchmark-only \
             -k "fm_warmup and (deps or static)" --benchmark-json="$OUT/step-gpu.json"
     else
-        run "$(cap step 150)" step "${PYTEST[@]}" bench/test_bench_step.py -m gpu --benchmark-only \
-            -k "not deps_fused_bn" --benchmark-json="$OUT/step-gpu.json"
+        # then, if the cap leaves time, torch.func's gradient against autograd.grad's on the full model (interleaved)
+        run "$(cap step 150)" step "${PYTEST[@]}" bench/test_bench_step.py bench/test_bench_grad_engine.py -m gpu \
+            --benchmark-only -k "not deps_fused_bn" --benchmark-json="$OUT/step-gpu.json"
     fi
 }
 

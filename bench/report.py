@@ -5,7 +5,9 @@
 
 One table per benchmark group: a row per provider (``extra_info["provider"]``, else the test's parameter) with the
 median, the interquartile range and the rounds, and the ratio of each median to the reference row's (``deps`` when
-present, else ``--reference``, else the first row): "× ref" > 1 means slower than the reference. Rows whose
+present, else ``--reference``, else the first row): "× ref" > 1 means slower than the reference. A benchmark whose
+rounds ran several providers in turn (``extra_info["interleaved"]``: provider → its time per round) gives a row per
+provider, its ratio the median of the per-round ratios to the first of them (drift between rounds cancels). Rows whose
 ``extra_info`` carries ``k`` with one provider also get a least-squares line ``t = a + b·k`` with its R² (the
 "step time linear in k" goal) and, with ``plan_mmacs``, a line in the plan's MACs; a ``gbps`` entry is shown as
 achieved bandwidth. The heading of each section names the machine, date and versions from the JSON, so a table never
@@ -21,6 +23,7 @@ import argparse
 import json
 import math
 import re
+import statistics
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -90,6 +93,26 @@ def _fmt_time(seconds: float) -> str:
     return f"{seconds * 1e6:,.1f} µs"
 
 
+def _interleaved_rows(bench: dict[str, Any]) -> list[dict[str, Any]]:
+    """A benchmark whose timed round ran several providers in turn (``extra_info["interleaved"]``: provider → its
+    time in each round): a row per provider, its ratio the median of its per-round ratios to the first provider's."""
+    times = bench["extra_info"]["interleaved"]
+    if not isinstance(times, dict) or not times:
+        raise ReportError(f"{bench.get('name')}: extra_info['interleaved'] must map providers to their round times")
+    counts = {len(t) for t in times.values() if isinstance(t, list)}
+    if len(counts) != 1 or len(times) != sum(isinstance(t, list) for t in times.values()) or 0 in counts:
+        raise ReportError(f"{bench.get('name')}: extra_info['interleaved'] needs one time per round for every provider")
+    extra = {k: v for k, v in bench["extra_info"].items() if k not in ("interleaved", "provider")}
+    first = list(times.values())[0]
+    rows = []
+    for provider, t in times.items():
+        q1, med, q3 = statistics.quantiles(t, n=4, method="inclusive") if len(t) > 1 else (t[0],) * 3
+        ratio = statistics.median(a / b for a, b in zip(t, first))
+        rows.append({"provider": provider, "median": med, "iqr": q3 - q1, "rounds": len(t), "extra": extra})
+        rows[-1]["ratio"] = ratio
+    return rows
+
+
 def group_tables(data: dict[str, Any], reference: str | None = None) -> list[dict[str, Any]]:
     """Per group: rows (provider, median, iqr, rounds, ratio to the reference, extras) and an optional k-fit."""
     groups: dict[str, list[dict[str, Any]]] = {}
@@ -97,21 +120,26 @@ def group_tables(data: dict[str, Any], reference: str | None = None) -> list[dic
         groups.setdefault(bench.get("group") or bench["name"], []).append(bench)
     out = []
     for name, benches in groups.items():
-        rows = [
-            {
-                "provider": _provider(b),
-                "median": b["stats"]["median"] / _ops(b),
-                "iqr": b["stats"].get("iqr", 0.0) / _ops(b),
-                "rounds": b["stats"]["rounds"],
-                "extra": b.get("extra_info") or {},
-            }
-            for b in benches
-        ]
+        rows = []
+        for b in benches:
+            extra = b.get("extra_info") or {}
+            if "interleaved" in extra:
+                rows += _interleaved_rows(b)
+                continue
+            rows.append(
+                {
+                    "provider": _provider(b),
+                    "median": b["stats"]["median"] / _ops(b),
+                    "iqr": b["stats"].get("iqr", 0.0) / _ops(b),
+                    "rounds": b["stats"]["rounds"],
+                    "extra": extra,
+                }
+            )
         names = [r["provider"] for r in rows]
         ref = next((n for n in (REFERENCE, reference) if n in names), names[0])
         ref_median = rows[names.index(ref)]["median"]
         for r in rows:
-            r["ratio"] = r["median"] / ref_median
+            r["ratio"] = r.get("ratio", r["median"] / ref_median)
         table: dict[str, Any] = {"group": name, "reference": ref, "rows": rows, "fit": None, "mac_fit": None}
         ks = [r["extra"].get("k") for r in rows]
         providers = {r["extra"].get("provider") for r in rows}

@@ -7,10 +7,11 @@ import torch
 
 from bench.baselines.ofa_eager import OFAEagerNet, eager_step
 from bench.baselines.static import StaticSubnets, static_step
+from bench.test_bench_grad_engine import ENGINES, term_gradients
 from deps_core.schedules import Progress
 from deps_core.spaces import create_supernet
-from deps_core.step import autograd_step
-from deps_core.strategies import DepsStrategy
+from deps_core.step import autograd_step, detached_state
+from deps_core.strategies import DepsStrategy, SubnetTerm
 
 
 def _setup(seed: int, kernel_transform: bool):
@@ -81,3 +82,32 @@ def test_static_equivalent_runs_the_same_subnets():
     assert len(losses) == len(plan.terms) and all(torch.isfinite(v) for v in losses)
     for s in static.nets:
         assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in s.parameters())
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("role", ["full", "min"])
+def test_gradient_engines_equal_the_autograd_step(engine, role):
+    """bench/test_bench_grad_engine.py times three engines on one term: each gives autograd's loss and gradients."""
+    net, plan, x, y = _setup(4, True)
+    arch = net.max_arch() if role == "full" else net.min_arch()
+    term = SubnetTerm(arch, 1.0, "ce", role=role)
+    start = {k: b.clone() for k, b in net.named_buffers()}
+    (ref_loss,) = autograd_step(net, [term], x, y).losses
+    ref_grads, ref_bufs = _grads_and_buffers(net)
+    net.zero_grad(set_to_none=True)
+    params, buffers = detached_state(net)
+    with torch.no_grad():
+        for k, b in buffers.items():
+            b.copy_(start[k])
+    grads, loss = term_gradients(engine, net, params, buffers, term, x, y)
+
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-12, atol=1e-12)
+    assert not loss.requires_grad and not any(g.requires_grad for g in grads.values())
+    slices = net.param_slices(arch)
+    assert grads.keys() == slices.keys()
+    for k, g in grads.items():  # a gradient per active view, of the view's shape; autograd's is zero elsewhere
+        full = torch.zeros_like(ref_grads[k])
+        full[slices[k]] = g
+        torch.testing.assert_close(full, ref_grads[k], rtol=1e-10, atol=1e-12, msg=f"gradient of {k}")
+    for k in ref_bufs:
+        torch.testing.assert_close(buffers[k], ref_bufs[k], rtol=1e-12, atol=1e-12, msg=f"buffer {k}")
