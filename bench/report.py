@@ -32,7 +32,7 @@ from typing import Any
 __all__ = ["load", "group_tables", "linear_fit", "render", "update_section", "main"]
 
 REFERENCE = "deps"
-SHOWN_EXTRA = ("terms", "plan_mmacs", "step_mmacs", "mac_ratio", "gbps", "roofline")
+SHOWN_EXTRA = ("terms", "plan_mmacs", "step_mmacs", "mac_ratio", "gbps", "roofline", "peak_mib")
 
 
 class ReportError(ValueError):
@@ -95,20 +95,23 @@ def _fmt_time(seconds: float) -> str:
 
 def _interleaved_rows(bench: dict[str, Any]) -> list[dict[str, Any]]:
     """A benchmark whose timed round ran several providers in turn (``extra_info["interleaved"]``: provider → its
-    time in each round): a row per provider, its ratio the median of its per-round ratios to the first provider's."""
+    time in each round): a row per provider, its ratio the median of its per-round ratios to the first provider's;
+    ``extra_info["per_provider"]`` (provider → extra fields) adds each row's own fields."""
     times = bench["extra_info"]["interleaved"]
     if not isinstance(times, dict) or not times:
         raise ReportError(f"{bench.get('name')}: extra_info['interleaved'] must map providers to their round times")
     counts = {len(t) for t in times.values() if isinstance(t, list)}
     if len(counts) != 1 or len(times) != sum(isinstance(t, list) for t in times.values()) or 0 in counts:
         raise ReportError(f"{bench.get('name')}: extra_info['interleaved'] needs one time per round for every provider")
-    extra = {k: v for k, v in bench["extra_info"].items() if k not in ("interleaved", "provider")}
+    per_provider = bench["extra_info"].get("per_provider") or {}
+    extra = {k: v for k, v in bench["extra_info"].items() if k not in ("interleaved", "provider", "per_provider")}
     first = list(times.values())[0]
     rows = []
     for provider, t in times.items():
         q1, med, q3 = statistics.quantiles(t, n=4, method="inclusive") if len(t) > 1 else (t[0],) * 3
         ratio = statistics.median(a / b for a, b in zip(t, first))
-        rows.append({"provider": provider, "median": med, "iqr": q3 - q1, "rounds": len(t), "extra": extra})
+        own = {**extra, **per_provider.get(provider, {})}
+        rows.append({"provider": provider, "median": med, "iqr": q3 - q1, "rounds": len(t), "extra": own})
         rows[-1]["ratio"] = ratio
     return rows
 

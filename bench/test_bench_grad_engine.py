@@ -15,7 +15,9 @@ The first two rows give the cost of ``torch.func`` over plain autograd; the thir
 between one provider's rounds and the next's, so the engines are not separate benchmarks: each timed round runs all
 three in turn (rotating which goes first) and keeps each one's time in ``extra_info["interleaved"]``;
 ``bench/report.py`` gives a row per engine with the median of its per-round ratio to ``torch.func``.
-``tests/test_bench_baselines.py`` checks in float64 that the three engines return the same gradients.
+On CUDA each engine's peak memory beyond what was allocated before its call goes into the table too (``peak_mib``:
+``create_graph`` keeps more gradient buffers alive at once). ``tests/test_bench_baselines.py`` checks in float64 that
+the three engines return the same gradients.
 
 Settings as ``bench/test_bench_step.py``: CPU ``ofa_mbv3_32`` w0.5, 32 px, batch 64, fp32; GPU (``gpu`` marker)
 OFA-MBV3 w1.0, 224 px, bf16 autocast, batch 256.
@@ -87,22 +89,29 @@ def _bench(benchmark, device: str) -> None:
         f"{'bf16' if autocast else 'fp32'} (interleaved)"
     )
     times: dict[str, list[float]] = {e: [] for e in ENGINES}
+    peak: dict[str, dict[str, float]] = {e: {} for e in ENGINES}
 
     def one_round() -> None:
         # the engines take turns (rotating who goes first), so drift of a shared machine hits all of them alike
         shift = len(times[ENGINES[0]]) % len(ENGINES)
         for engine in ENGINES[shift:] + ENGINES[:shift]:
+            if device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
             start = time.perf_counter()
             with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
                 term_gradients(engine, net, params, buffers, term, x, y)
             sync()
             times[engine].append(time.perf_counter() - start)
+            if device == "cuda":  # what the call held at its peak beyond what was allocated before it
+                peak[engine] = {"peak_mib": round((torch.cuda.max_memory_allocated() - base) / 2**20, 1)}
 
     one_round()  # warm-up, not kept
     for t in times.values():
         t.clear()
     benchmark.pedantic(one_round, rounds=3 * rounds, iterations=1)
-    _info(benchmark, device, net, [term], provider="interleaved", interleaved=times)
+    extra = {"per_provider": peak} if device == "cuda" else {}
+    _info(benchmark, device, net, [term], provider="interleaved", interleaved=times, **extra)
 
 
 def test_bench_grad_engine_cpu(benchmark):

@@ -75,14 +75,16 @@ def test_bad_input_is_one_clear_error(tmp_path, capsys):
 def test_interleaved_rounds_give_a_row_per_provider_with_per_round_ratios():
     # drift: round 2 is twice as slow for everyone; per-round ratios stay 1.1 and 0.9, the ratio of medians would not
     times = {"func": [1.0, 2.0, 1.0, 1.0], "grad": [1.1, 2.2, 1.1, 1.1], "graph": [0.9, 1.8, 0.9, 0.9]}
-    bench = _bench("engines", "interleaved", 3.0, interleaved=times, terms=1)
+    peaks = {"func": {"peak_mib": 300.0}, "grad": {"peak_mib": 200.0}}  # none recorded for "graph"
+    bench = _bench("engines", "interleaved", 3.0, interleaved=times, per_provider=peaks, terms=1)
     (table,) = report.group_tables(_data([bench]))
     assert table["reference"] == "func" and [r["provider"] for r in table["rows"]] == ["func", "grad", "graph"]
     assert [round(r["ratio"], 9) for r in table["rows"]] == [1.0, 1.1, 0.9]
     assert [r["rounds"] for r in table["rows"]] == [4, 4, 4]
     assert table["rows"][1]["median"] == pytest.approx(1.1) and table["rows"][1]["iqr"] == pytest.approx(0.275)
     text = report.render(_data([bench]))
-    assert "| grad | 1.100 s | 275.00 ms | 4 | 1.10× | 1 |" in text and "interleaved" not in text
+    assert "| grad | 1.100 s | 275.00 ms | 4 | 1.10× | 1 | 200.0 |" in text and "interleaved" not in text
+    assert "| graph | 900.00 ms | 225.00 ms | 4 | 0.90× | 1 |  |" in text
     for bad in ({"func": [1.0, 2.0], "grad": [1.0]}, {"func": []}, {}, [1.0]):
         with pytest.raises(report.ReportError, match="interleaved"):
             report.group_tables(_data([_bench("engines", "interleaved", 3.0, interleaved=bad)]))
