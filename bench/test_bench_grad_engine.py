@@ -1,23 +1,24 @@
-"""The gradient engine under the functional step: ``torch.func.grad_and_value`` against ``torch.autograd.grad``.
+"""The gradient engine under the functional step: ``torch.func.vjp`` and ``grad`` against ``torch.autograd.grad``.
 
-:func:`deps_core.step.functional_step` differentiates each term's loss with ``torch.func.grad_and_value`` with
-respect to the active-slice views of the shared weights (DESIGN.md). This subject times that one call for one term,
-the full model's loss of the FM-warmup step (forward and backward, nothing accumulated), by three engines on the same
-views, forward and batch:
+:func:`deps_core.step.functional_step` differentiates each term's loss with respect to the active-slice views of the
+shared weights with a ``torch.func`` transform (DESIGN.md). This subject times that one call for one term, the full
+model's loss of the FM-warmup step (forward and backward, nothing accumulated), by four engines on the same views,
+forward and batch:
 
-- ``torch.func``: ``grad_and_value``, as ``functional_step`` calls it;
+- ``torch.func.vjp``: ``vjp`` and its pullback with ``create_graph=False``, as ``functional_step`` does;
+- ``torch.func.grad``: ``grad_and_value``, as ``functional_step`` did until 2026-12-06 (it always passes
+  ``create_graph=True`` to autograd, so that transforms nest: the backward then runs in grad mode);
 - ``autograd.grad``: ``torch.autograd.grad`` with the views made leaves (``detach().requires_grad_()``, same storage);
-- ``autograd.grad create_graph``: the same with ``create_graph=True``, which ``torch.func``'s grad always passes to
-  autograd (so that transforms nest): the backward then runs with grad mode on.
+- ``autograd.grad create_graph``: the same with ``create_graph=True``.
 
-The first two rows give the cost of ``torch.func`` over plain autograd; the third, how much of it
-``create_graph=True`` alone explains. The differences are a few per cent, less than the drift of a shared machine
-between one provider's rounds and the next's, so the engines are not separate benchmarks: each timed round runs all
-three in turn (rotating which goes first) and keeps each one's time in ``extra_info["interleaved"]``;
-``bench/report.py`` gives a row per engine with the median of its per-round ratio to ``torch.func``.
-On CUDA each engine's peak memory beyond what was allocated before its call goes into the table too (``peak_mib``:
-``create_graph`` keeps more gradient buffers alive at once). ``tests/test_bench_baselines.py`` checks in float64 that
-the three engines return the same gradients.
+The last three rows give the cost of ``torch.func.grad`` over plain autograd and how much of it ``create_graph=True``
+alone explains; the first, whether ``vjp`` without it matches plain autograd. The differences are a few per cent,
+less than the drift of a shared machine between one provider's rounds and the next's, so the engines are not separate
+benchmarks: each timed round runs all of them in turn (rotating which goes first) and keeps each one's time in
+``extra_info["interleaved"]``; ``bench/report.py`` gives a row per engine with the median of its per-round ratio to
+the first. On CUDA each engine's peak memory beyond what was allocated before its call goes into the table too
+(``peak_mib``: ``create_graph`` keeps more gradient buffers alive at once). ``tests/test_bench_baselines.py`` checks
+in float64 that the engines return the same gradients.
 
 Settings as ``bench/test_bench_step.py``: CPU ``ofa_mbv3_32`` w0.5, 32 px, batch 64, fp32; GPU (``gpu`` marker)
 OFA-MBV3 w1.0, 224 px, bf16 autocast, batch 256.
@@ -31,7 +32,7 @@ from collections.abc import Mapping
 import pytest
 import torch
 from torch import Tensor
-from torch.func import grad_and_value
+from torch.func import grad_and_value, vjp
 
 from bench.test_bench_step import SETTINGS, _batch, _info, _plan, _supernet
 from deps_core.distill import LossConfig, term_loss
@@ -40,7 +41,7 @@ from deps_core.step import detached_state
 from deps_core.strategies import SubnetTerm
 from deps_core.supernet import Supernet
 
-ENGINES = ["torch.func", "autograd.grad", "autograd.grad create_graph"]
+ENGINES = ["torch.func.vjp", "torch.func.grad", "autograd.grad", "autograd.grad create_graph"]
 
 
 def term_gradients(
@@ -67,7 +68,11 @@ def term_gradients(
         )
         return term_loss(term.loss, logits, labels, None, LossConfig())
 
-    if engine == "torch.func":
+    if engine == "torch.func.vjp":
+        loss, pullback = vjp(loss_fn, views)
+        (grads,) = pullback(torch.ones_like(loss), retain_graph=False, create_graph=False)
+        return grads, loss
+    if engine == "torch.func.grad":
         return grad_and_value(loss_fn)(views)
     leaves = {n: v.detach().requires_grad_() for n, v in views.items()}
     loss = loss_fn(leaves)
@@ -109,7 +114,7 @@ def _bench(benchmark, device: str) -> None:
     one_round()  # warm-up, not kept
     for t in times.values():
         t.clear()
-    benchmark.pedantic(one_round, rounds=3 * rounds, iterations=1)
+    benchmark.pedantic(one_round, rounds=len(ENGINES) * rounds, iterations=1)
     extra = {"per_provider": peak} if device == "cuda" else {}
     _info(benchmark, device, net, [term], provider="interleaved", interleaved=times, **extra)
 

@@ -1,11 +1,12 @@
 """Process-level performance settings the ``deps`` program applies (never the library on its own).
 
 - :func:`tune_cpu_allocator`: glibc returns every large freed block to the OS and faults fresh pages in on the next
-  allocation. A per-subnet backward allocates and frees the same large activation gradients every step, and
-  ``torch.func``'s backward keeps more of them alive at once (it records the backward graph), so on the CPU the
-  page faults cost 10–20 % of a step (measured on this project's 2-core machine, 2026-11-21: DεpS step of
-  ``ofa_mbv3_32`` w0.5, batch 64, 2.31 s → 2.07 s). Raising the mmap and trim thresholds keeps freed memory in the
-  process. It changes nothing on CUDA (PyTorch's caching allocator) and is a no-op where glibc's ``mallopt`` is absent.
+  allocation. A per-subnet backward allocates and frees the same large activation gradients every step, so on the
+  CPU the page faults cost 10–20 % of a step (measured on this project's 2-core machine, 2026-11-21: DεpS step of
+  ``ofa_mbv3_32`` w0.5, batch 64, 2.31 s → 2.07 s, when the step's backward still recorded its graph as
+  ``torch.func.grad`` makes it, which keeps more buffers alive at once). Raising the mmap and trim thresholds keeps
+  freed memory in the process. It changes nothing on CUDA (PyTorch's caching allocator) and is a no-op where glibc's
+  ``mallopt`` is absent.
 - :func:`cpu_threads`: one compute thread per core, leaving the loader's decoding thread its share; oversubscribed
   OpenMP threads spin and each op slows by orders of magnitude.
 """

@@ -1,8 +1,8 @@
 """One training step of once-for-all training, functional: DεpS eq. (4) over a plan's terms.
 
 For each term ``(arch, w, loss)`` of the plan, the gradient of that subnet's loss with respect to the *active slices*
-of the shared weights is computed with ``torch.func.grad_and_value`` (views sliced outside the transform, so no
-full-size zero gradients) and added as ``w · g`` into the full-size accumulator:
+of the shared weights is computed with ``torch.func.vjp`` (views sliced outside the transform, so no full-size zero
+gradients) and added as ``w · g`` into the full-size accumulator:
 
     G = Σ_j w_j ∇L_j = ∇L_full + ε_t · Σ_{subnets} ∇L_subnet          (DεpS eq. (4))
 
@@ -10,6 +10,10 @@ The BN running statistics of each subnet's active channels move during its forwa
 logits (detached) are the targets of the later terms' in-place distillation (IKD). :func:`autograd_step` is the same
 step written the usual way (``(w · loss).backward()`` per term into ``.grad``): the reference the functional step is
 tested against, and the baseline it is benchmarked against.
+
+Why ``vjp`` and not ``torch.func.grad``: ``grad`` always runs the backward with ``create_graph=True`` (so that
+transforms nest), and recording the backward costs 5 % of a CPU step here (``bench/test_bench_grad_engine.py``,
+bench/RESULTS.md); ``vjp``'s pullback lets the step say ``create_graph=False``, as nothing differentiates it again.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from collections.abc import Mapping, Sequence
 import attrs
 import torch
 from torch import Tensor
-from torch.func import grad_and_value
+from torch.func import vjp
 
 from deps_core import ops
 from deps_core.accumulate import GradAccumulator
@@ -68,7 +72,7 @@ def functional_step(
     """Accumulate ``Σ_j w_j ∇L_j`` over ``terms`` into ``accumulator`` (which the caller zeroes per step).
 
     ``params``/``buffers``: the supernet's full tensors by name (``params`` detached: gradients come only from
-    ``torch.func``); BN running statistics in ``buffers`` are updated in place. ``images`` [N, 3, H, W], ``labels``
+    ``torch.func.vjp``); BN running statistics in ``buffers`` are updated in place. ``images`` [N, 3, H, W], ``labels``
     [N]. ``teacher_logits`` [N, C]: an external teacher's, for ``teacher_kd`` terms.
     ``fuse_dw_grad`` (Triton depthwise backend only): the depthwise weights convolved as they are (not through the
     kernel transform) are not differentiated by ``torch.func``; the Triton weight-gradient kernel adds ``w_j · ∇``
@@ -117,7 +121,8 @@ def functional_step(
             loss = term_loss(term.loss, logits, labels, target, loss_config)
             return loss, logits.detach()
 
-        grads, (loss, logits) = grad_and_value(loss_fn, has_aux=True)(views)
+        loss, pullback, logits = vjp(loss_fn, views, has_aux=True)
+        (grads,) = pullback(torch.ones_like(loss), retain_graph=False, create_graph=False)
         accumulator.add_(grads, slices, term.weight)
         if term.role == "full":
             full_logits = logits

@@ -87,7 +87,7 @@ def test_static_equivalent_runs_the_same_subnets():
 @pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("role", ["full", "min"])
 def test_gradient_engines_equal_the_autograd_step(engine, role):
-    """bench/test_bench_grad_engine.py times three engines on one term: each gives autograd's loss and gradients."""
+    """bench/test_bench_grad_engine.py times several engines on one term: each gives autograd's loss and gradients."""
     net, plan, x, y = _setup(4, True)
     arch = net.max_arch() if role == "full" else net.min_arch()
     term = SubnetTerm(arch, 1.0, "ce", role=role)
