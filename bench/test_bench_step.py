@@ -2,7 +2,7 @@
 
 Providers (one pytest-benchmark group per subject, so they print side by side):
 
-- ``deps``: :func:`deps_core.step.functional_step` (per-term ``torch.func.grad_and_value`` on active-slice views,
+- ``deps``: :func:`deps_core.step.functional_step` (per-term ``torch.func.vjp`` on active-slice views,
   ε-weighted accumulation into one flat fp32 buffer; the depthwise op of ``deps_core.ops``, Triton on CUDA);
 - ``deps_fused`` (GPU): the same with ``fuse_dw_grad=True`` (the Triton kernel adds the depthwise weight gradients
   straight into the accumulator);
