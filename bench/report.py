@@ -100,8 +100,7 @@ def _interleaved_rows(bench: dict[str, Any]) -> list[dict[str, Any]]:
     times = bench["extra_info"]["interleaved"]
     if not isinstance(times, dict) or not times:
         raise ReportError(f"{bench.get('name')}: extra_info['interleaved'] must map providers to their round times")
-    counts = {len(t) for t in times.values() if isinstance(t, list)}
-    if len(counts) != 1 or len(times) != sum(isinstance(t, list) for t in times.values()) or 0 in counts:
+    if not all(isinstance(t, list) and t for t in times.values()) or len({len(t) for t in times.values()}) != 1:
         raise ReportError(f"{bench.get('name')}: extra_info['interleaved'] needs one time per round for every provider")
     per_provider = bench["extra_info"].get("per_provider") or {}
     extra = {k: v for k, v in bench["extra_info"].items() if k not in ("interleaved", "provider", "per_provider")}
@@ -111,8 +110,9 @@ def _interleaved_rows(bench: dict[str, Any]) -> list[dict[str, Any]]:
         q1, med, q3 = statistics.quantiles(t, n=4, method="inclusive") if len(t) > 1 else (t[0],) * 3
         ratio = statistics.median(a / b for a, b in zip(t, first))
         own = {**extra, **per_provider.get(provider, {})}
-        rows.append({"provider": provider, "median": med, "iqr": q3 - q1, "rounds": len(t), "extra": own})
-        rows[-1]["ratio"] = ratio
+        rows.append(
+            {"provider": provider, "median": med, "iqr": q3 - q1, "rounds": len(t), "extra": own, "ratio": ratio}
+        )
     return rows
 
 

@@ -5,7 +5,8 @@ shared weights with a ``torch.func`` transform (DESIGN.md). This subject times t
 model's loss of the FM-warmup step (forward and backward, nothing accumulated), by four engines on the same views,
 forward and batch:
 
-- ``torch.func.vjp``: ``vjp`` and its pullback with ``create_graph=False``, as ``functional_step`` does;
+- ``torch.func.vjp``: ``deps_core.step.grad_and_value_once`` (``vjp`` and its pullback with ``create_graph=False``),
+  which ``functional_step`` calls;
 - ``torch.func.grad``: ``grad_and_value``, as ``functional_step`` did until 2026-12-06 (it always passes
   ``create_graph=True`` to autograd, so that transforms nest: the backward then runs in grad mode);
 - ``autograd.grad``: ``torch.autograd.grad`` with the views made leaves (``detach().requires_grad_()``, same storage);
@@ -32,12 +33,12 @@ from collections.abc import Mapping
 import pytest
 import torch
 from torch import Tensor
-from torch.func import grad_and_value, vjp
+from torch.func import grad_and_value
 
 from bench.test_bench_step import SETTINGS, _batch, _info, _plan, _supernet
 from deps_core.distill import LossConfig, term_loss
 from deps_core.runtime import tune_cpu_allocator
-from deps_core.step import detached_state
+from deps_core.step import detached_state, grad_and_value_once
 from deps_core.strategies import SubnetTerm
 from deps_core.supernet import Supernet
 
@@ -62,20 +63,20 @@ def term_gradients(
     bufs = net.active_buffers(term.arch, buffers)
     dropout_p = net.spec.dropout if term.dropout else 0.0
 
-    def loss_fn(v: dict[str, Tensor]) -> Tensor:
+    def loss_fn(v: dict[str, Tensor]) -> tuple[Tensor, Tensor]:  # (loss, detached logits), as the step's
         logits = net.functional_forward(
             v, bufs, images, term.arch, training=True, dropout_p=dropout_p, update_bn_stats=term.update_bn_stats
         )
-        return term_loss(term.loss, logits, labels, None, LossConfig())
+        return term_loss(term.loss, logits, labels, None, LossConfig()), logits.detach()
 
     if engine == "torch.func.vjp":
-        loss, pullback = vjp(loss_fn, views)
-        (grads,) = pullback(torch.ones_like(loss), retain_graph=False, create_graph=False)
+        grads, (loss, _) = grad_and_value_once(loss_fn, views)
         return grads, loss
     if engine == "torch.func.grad":
-        return grad_and_value(loss_fn)(views)
+        grads, (loss, _) = grad_and_value(loss_fn, has_aux=True)(views)
+        return grads, loss
     leaves = {n: v.detach().requires_grad_() for n, v in views.items()}
-    loss = loss_fn(leaves)
+    loss, _ = loss_fn(leaves)
     grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=engine.endswith("create_graph"))
     return {n: g.detach() for n, g in zip(leaves, grads)}, loss.detach()
 

@@ -33,7 +33,7 @@ from deps_core.supernet import Supernet
 
 DEFAULT_LOSS = LossConfig()
 
-__all__ = ["StepResult", "functional_step", "autograd_step", "detached_state"]
+__all__ = ["StepResult", "functional_step", "autograd_step", "detached_state", "grad_and_value_once"]
 
 
 @attrs.frozen
@@ -52,6 +52,15 @@ def _targets(term: SubnetTerm, full_logits: Tensor | None, teacher_logits: Tenso
     if term.loss == "teacher_kd" and teacher_logits is None:
         raise ValueError(f"term {term.role} ({term.arch}) needs an external teacher's logits")
     return teacher_logits
+
+
+def grad_and_value_once(loss_fn, views: dict[str, Tensor]) -> tuple[dict[str, Tensor], tuple[Tensor, Tensor]]:
+    """``(grads, (loss, aux))`` of ``loss_fn(views) -> (scalar loss, aux)``: ``torch.func.grad_and_value(loss_fn,
+    has_aux=True)(views)`` without recording the backward (``torch.func.vjp``, pullback with ``create_graph=False``),
+    so the result cannot be differentiated again."""
+    loss, pullback, aux = vjp(loss_fn, views, has_aux=True)
+    (grads,) = pullback(torch.ones_like(loss), retain_graph=False, create_graph=False)
+    return grads, (loss, aux)
 
 
 def functional_step(
@@ -121,8 +130,7 @@ def functional_step(
             loss = term_loss(term.loss, logits, labels, target, loss_config)
             return loss, logits.detach()
 
-        loss, pullback, logits = vjp(loss_fn, views, has_aux=True)
-        (grads,) = pullback(torch.ones_like(loss), retain_graph=False, create_graph=False)
+        grads, (loss, logits) = grad_and_value_once(loss_fn, views)
         accumulator.add_(grads, slices, term.weight)
         if term.role == "full":
             full_logits = logits
