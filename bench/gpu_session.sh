@@ -57,7 +57,8 @@ run() {
 
 cap() { local v="CAP_$1"; echo "${!v:-$2}"; }
 
-SITE="$(mktemp -d /tmp/deps-site.XXXXXX)"
+SITE="$(mktemp -d "${TMPDIR:-/tmp}/deps-site.XXXXXX")"
+trap 'rm -rf "$SITE"' EXIT  # on every way out: done, a bad stage name, or the device tool's kill
 ln -s "$ROOT/kernels" "$SITE/deps_kernels"
 ln -s "$ROOT/loaders" "$SITE/deps_loaders"
 export PYTHONPATH="$SITE:$ROOT${PYTHONPATH:+:$PYTHONPATH}"
@@ -183,5 +184,4 @@ log "stages: ${STAGES[*]}; out: $OUT$([ "$SMOKE" = 1 ] && echo '; CPU smoke run 
 for s in "${STAGES[@]}"; do
     "stage_$s"
 done
-rm -rf "$SITE"
 log "done in ${SECONDS}s"

@@ -106,14 +106,17 @@ def test_tile_sweep_checks_every_candidate_and_reports_the_gain(tmp_path):
 
 @pytest.mark.slow
 def test_gpu_session_script_runs_its_stages_and_writes_the_report(tmp_path):
-    env = {**SMOKE_ENV, "OUT": str(tmp_path), "PYTHON": sys.executable}
+    out, scratch = tmp_path / "out", tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**SMOKE_ENV, "OUT": str(out), "PYTHON": sys.executable, "TMPDIR": str(scratch)}
     proc = _run(["bash", "bench/gpu_session.sh", "env", "tests", "report"], env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    log = (tmp_path / "session.log").read_text()
+    log = (out / "session.log").read_text()
     assert "ceilings: exit 0" in log and "tests: exit 0" in log and " passed" in log
     assert "CPU smoke run" in log
-    assert json.loads((tmp_path / "ceilings.json").read_text())["copy_gbps"] > 0
-    assert "## ceilings" in (tmp_path / "report.md").read_text()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ceilings.json", "report.md", "session.log"]
+    assert json.loads((out / "ceilings.json").read_text())["copy_gbps"] > 0
+    assert "## ceilings" in (out / "report.md").read_text()
+    assert sorted(p.name for p in out.iterdir()) == ["ceilings.json", "report.md", "session.log"]
     bad = _run(["bash", "bench/gpu_session.sh", "benchmarks"], env)
     assert bad.returncode == 2 and "unknown stage 'benchmarks'" in bad.stdout
+    assert not list(scratch.glob("deps-site.*"))  # its import folder is gone after either run

@@ -214,7 +214,7 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(env, tm
         *common,
         f"run.out_dir={two}",
     ]
-    double = _run(launcher, env)
+    double = _run(launcher, env | {"TMPDIR": str(tmp_path)})  # torchrun's torchelastic_* folder goes with tmp_path
     assert double.returncode == 0, double.stderr[-3000:]
     a, b = _model(one), _model(two)
     params = [k for k in a if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
