@@ -318,7 +318,7 @@ def format_pareto_table(report: dict[str, Any]) -> str:
         rows.append(
             [
                 str(b["bucket"] + 1),
-                f"{b['lo'] / 1e6:.1f}-{b['hi'] / 1e6:.1f}",
+                f"{b['lo'] / 1e6:.2f}-{b['hi'] / 1e6:.2f}",  # the MMACs column's precision: it reads inside
                 f"{r.macs / 1e6:.2f}",
                 f"{100 * r.top1:.2f}",
                 f"{100 * r.top5:.2f}",

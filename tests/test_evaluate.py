@@ -12,8 +12,10 @@ from deps_core.evaluate import (
     CachedBatches,
     calibrate_bn,
     evaluate,
+    format_pareto_table,
     mean_pareto_accuracy,
     pareto_buckets,
+    pareto_report,
 )
 from deps_core.export import build_static, extract_subnet, subnet_config
 from deps_core.spaces import create_supernet
@@ -148,3 +150,18 @@ def test_pareto_buckets_keep_the_best_of_each_equal_mac_interval():
         (1, 150, 200, 150),
         (3, 250, 300, 260),
     ]
+
+
+def test_the_pareto_table_prints_each_best_subnet_inside_its_printed_range():
+    """The bucket range and the subnet's MACs share one precision, so a subnet at the range's edge (the min subnet at
+    4,450,560 MACs opens bucket 1) never reads as outside it ("4.5-7.5" next to "4.45" did)."""
+    net = create_supernet("ofa_mbv3_32", num_classes=10, width_mult=0.25)
+    g = torch.Generator().manual_seed(5)
+    archs = [net.min_arch(), net.max_arch()] + [uniform_arch(net.spec, g) for _ in range(30)]
+    results = [ArchResult(a, net.macs(a), 0.5, 0.9) for a in archs]
+    table = format_pareto_table(pareto_report(net, results))
+    rows = [line.split() for line in table.splitlines()[2:] if line.split()[0].isdigit()]
+    assert len(rows) >= 3
+    for _bucket, span, macs, *_ in rows:
+        lo, hi = map(float, span.split("-"))
+        assert lo <= float(macs) <= hi, f"{macs} printed outside {span}"
