@@ -8,7 +8,8 @@ Lists follow OFA's convention (Cai et al., ICLR 2020, ``OFAMobileNetV3.set_activ
 entry for every block of the supernet, stage by stage, including blocks a shallow stage skips; those entries are kept
 but ignored, and :meth:`Arch.canonical` sets them to the largest choice so that equal subnets compare equal.
 
-Samplers (OFA Sec. 3.2 uniform sampling; BigNAS's sandwich rule; CompOFA's compound coupling) take an explicit
+Samplers (OFA Sec. 3.2 uniform sampling; BigNAS's sandwich rule; CompOFA's compound coupling; a size-tilted sampler
+that reaches every part of the MAC range, for evaluation) take an explicit
 ``torch.Generator`` and return new values; nothing global is read or written.
 """
 
@@ -29,6 +30,7 @@ __all__ = [
     "max_arch",
     "min_arch",
     "uniform_arch",
+    "sized_arch",
     "compound_arch",
     "sandwich_archs",
     "COMPOUND_EXPAND",
@@ -207,6 +209,34 @@ def uniform_arch(spec: SpaceSpec, generator: torch.Generator, *, resolutions: Se
     ks = _pick(spec.ks_choices, spec.n_blocks, generator)
     e = _pick(spec.e_choices, spec.n_blocks, generator)
     d = tuple(_pick(s.d_choices, 1, generator)[0] for s in spec.stages)
+    return Arch(spec.name, ks, e, d, _resolution(spec, resolutions, generator)).canonical(spec)
+
+
+def _pick_tilted(choices: Sequence[int], n: int, size: float, generator: torch.Generator) -> tuple[int, ...]:
+    """``n`` draws whose index into the sorted ``choices`` is Binomial(len - 1, ``size``)."""
+    choices = sorted(choices)
+    if len(choices) == 1:
+        return (int(choices[0]),) * n
+    idx = (torch.rand(n, len(choices) - 1, generator=generator) < size).sum(1).tolist()
+    return tuple(int(choices[i]) for i in idx)
+
+
+def sized_arch(
+    spec: SpaceSpec, generator: torch.Generator, size: float, *, resolutions: Sequence[int] | None = None
+) -> Arch:
+    """A random subnet tilted towards ``size`` in [0, 1]: each block's kernel and expand and each stage's depth take
+    the ``i``-th smallest of their ``m`` choices with probability Binomial(m - 1, ``size``) at ``i``.
+
+    ``size`` 0 gives the smallest subnet and 1 the largest; 0.5 is close to uniform sampling. Uniform sampling puts
+    almost every subnet in the middle of the MAC range (its MACs add up many independent choices: 200 uniform
+    OFA-MBV3 subnets all fall in the lower four of six MAC buckets), so :func:`deps_core.evaluate.bucket_archs` draws
+    ``size`` uniformly and keeps subnets per MAC bucket.
+    """
+    if not 0.0 <= size <= 1.0:
+        raise ValueError(f"size must lie in [0, 1]; got {size}")
+    ks = _pick_tilted(spec.ks_choices, spec.n_blocks, size, generator)
+    e = _pick_tilted(spec.e_choices, spec.n_blocks, size, generator)
+    d = tuple(_pick_tilted(s.d_choices, 1, size, generator)[0] for s in spec.stages)
     return Arch(spec.name, ks, e, d, _resolution(spec, resolutions, generator)).canonical(spec)
 
 

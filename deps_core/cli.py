@@ -160,14 +160,14 @@ def _cpu_settings(ctx, config) -> None:
 
 
 def _final_evaluation(trainer, data, config, ctx) -> dict | None:
-    """BN recalibration and evaluation of the largest, smallest and ``run.eval_archs`` uniform subnets."""
-    from deps_core.arch import uniform_arch
-    from deps_core.evaluate import CachedBatches, evaluate_archs, pareto_report
+    """BN recalibration and evaluation of the largest, the smallest and ``run.eval_archs`` more subnets (drawn per MAC
+    bucket, or uniformly with ``run.eval_sampler=uniform``)."""
+    from deps_core.evaluate import CachedBatches, eval_archs, evaluate_archs, pareto_report
 
     net = trainer.supernet
     g = torch.Generator().manual_seed(config.run.seed + 12345)
-    archs = [net.max_arch(), net.min_arch()] + [uniform_arch(net.spec, g) for _ in range(config.run.eval_archs)]
-    archs = list(dict.fromkeys(archs))
+    run = config.run
+    archs = eval_archs(net, g, run.eval_archs, sampler=run.eval_sampler, n_buckets=run.eval_buckets)
     calib = CachedBatches.from_loader(
         data.calib.epoch(0), max_images=config.run.calib_images, batch_size=config.run.calib_batch
     )
@@ -242,7 +242,6 @@ def _checkpoint_file(text: str) -> Path:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     """Recalibrate BN and evaluate subnets of a trained supernet: Pareto table, subnets.json, report and plot."""
-    from deps_core.arch import uniform_arch
     from deps_core.checkpoint import load_checkpoint, supernet_from_checkpoint
     from deps_core.config import ExperimentConfig, apply_overrides
     from deps_core.data import build_data
@@ -250,6 +249,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from deps_core.evaluate import (
         ArchResult,
         CachedBatches,
+        eval_archs,
         evaluate_archs,
         format_pareto_table,
         pareto_report,
@@ -264,7 +264,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     net, _ = supernet_from_checkpoint(ckpt)
     g = torch.Generator().manual_seed(args.seed)
     archs = [_arch_arg(a, net) for a in args.arch] or (  # bad archs stop before anything is set up or read
-        [net.max_arch(), net.min_arch()] + [uniform_arch(net.spec, g) for _ in range(args.archs)]
+        eval_archs(net, g, args.archs, sampler=args.sampler, n_buckets=args.buckets)
     )
     ctx = DistContext.from_env(config.run.device)
     _cpu_settings(ctx, config)
@@ -509,7 +509,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="recalibrate BN and evaluate subnets of a trained supernet (Pareto table + plot)")
     p.add_argument("--checkpoint", required=True, help="a run directory or a checkpoint .pt file")
-    p.add_argument("--archs", type=_count, default=40, help="uniform subnets besides the largest and smallest")
+    p.add_argument("--archs", type=_count, default=40, help="subnets besides the largest and smallest")
+    p.add_argument(
+        "--sampler",
+        choices=("buckets", "uniform"),
+        default="buckets",
+        help="buckets: --archs spread evenly over the MAC buckets (default); uniform: OFA's uniform sampling",
+    )
     p.add_argument("--arch", action="append", default=[], help="evaluate only these: max, min, or an arch JSON")
     p.add_argument("--buckets", type=_count, default=6, help="MAC buckets of the Pareto front")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampled subnets")

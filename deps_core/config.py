@@ -227,6 +227,7 @@ class RunConfig:
     progress: bool = True
     eval_archs: int = attrs.field(default=40, validator=_at_least(0))
     eval_buckets: int = attrs.field(default=6, validator=_at_least(1))
+    eval_sampler: str = attrs.field(default="buckets", validator=_one_of(("buckets", "uniform")))
     calib_images: int = attrs.field(default=2000, validator=_at_least(1))
     calib_batch: int = attrs.field(default=200, validator=_at_least(1))
 

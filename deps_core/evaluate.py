@@ -8,6 +8,9 @@
 - :func:`pareto_buckets` and :func:`mean_pareto_accuracy` — DεpS Sec. 5 ("the subnets are present in six different
   FLOP buckets that uniformly divide the supernet's FLOP range"; "mean pareto accuracy … the area under the curve of
   accuracy and normalized FLOPs"), defined precisely in their docstrings since no public code implements them.
+- :func:`bucket_archs` — the subnets to evaluate: the largest, the smallest and a sample spread evenly over the
+  buckets, so each bucket's "most accurate subnet" is picked from several (uniform sampling leaves the top buckets
+  of OFA-MBV3 empty); :func:`eval_archs` picks it or OFA's uniform sampling.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from deps_core.arch import Arch
+from deps_core.arch import Arch, sized_arch, uniform_arch
 from deps_core.distributed import DistContext
 from deps_core.supernet import Supernet
 
@@ -32,6 +35,9 @@ __all__ = [
     "evaluate",
     "ArchResult",
     "pareto_buckets",
+    "bucket_archs",
+    "eval_archs",
+    "EVAL_SAMPLERS",
     "mean_pareto_accuracy",
     "plot_pareto",
     "evaluate_archs",
@@ -40,6 +46,9 @@ __all__ = [
     "report_to_json",
     "save_results",
 ]
+
+
+EVAL_SAMPLERS = ("buckets", "uniform")
 
 
 class CachedBatches:
@@ -210,13 +219,63 @@ def pareto_buckets(
     for r in results:
         if not macs_min <= r.macs <= macs_max:
             raise ValueError(f"{r.arch} has {r.macs} MACs, outside the supernet's range [{macs_min}, {macs_max}]")
-        b = min(int((r.macs - macs_min) / width), n_buckets - 1)
+        b = _bucket_of(r.macs, macs_min, macs_max, n_buckets)
         if b not in best or r.top1 > best[b].top1:
             best[b] = r
     return [
         {"bucket": b, "lo": macs_min + b * width, "hi": macs_min + (b + 1) * width, "best": best[b]}
         for b in sorted(best)
     ]
+
+
+def _bucket_of(macs: int, macs_min: int, macs_max: int, n_buckets: int) -> int:
+    return min(int((macs - macs_min) / ((macs_max - macs_min) / n_buckets)), n_buckets - 1)
+
+
+def bucket_archs(
+    supernet: Supernet, generator: torch.Generator, n: int, *, n_buckets: int = 6, max_draws: int | None = None
+) -> list[Arch]:
+    """The largest and the smallest subnet, then ``n`` distinct others spread over the ``n_buckets`` equal MAC
+    intervals of :func:`pareto_buckets`: bucket ``i`` gets ``n // n_buckets``, and one more for ``i < n % n_buckets``.
+
+    Candidates are :func:`~deps_core.arch.sized_arch` subnets with a size drawn uniformly from [0, 1], kept while
+    their bucket has room. If ``max_draws`` candidates (default ``100 * n + 1000``) do not fill a bucket (a space with
+    few subnets in that MAC range), the bucket keeps what was found. The result is a function of the generator's
+    state; the subnets come in bucket order, each bucket's in the order drawn.
+    """
+    if n < 0 or n_buckets < 1:
+        raise ValueError(f"need n >= 0 and n_buckets >= 1; got n={n}, n_buckets={n_buckets}")
+    spec = supernet.spec
+    big, small = supernet.max_arch(), supernet.min_arch()
+    lo, hi = supernet.macs(small), supernet.macs(big)
+    quota = [n // n_buckets + (i < n % n_buckets) for i in range(n_buckets)]
+    if hi <= lo:  # one subnet only
+        return [big]
+    chosen: list[list[Arch]] = [[] for _ in range(n_buckets)]
+    seen = {big, small}
+    draws = 100 * n + 1000 if max_draws is None else max_draws
+    for _ in range(draws):
+        if all(len(c) == q for c, q in zip(chosen, quota)):
+            break
+        arch = sized_arch(spec, generator, float(torch.rand((), generator=generator, dtype=torch.float64)))
+        b = _bucket_of(supernet.macs(arch), lo, hi, n_buckets)
+        if arch not in seen and len(chosen[b]) < quota[b]:
+            seen.add(arch)
+            chosen[b].append(arch)
+    return [big, small] + [a for c in chosen for a in c]
+
+
+def eval_archs(
+    supernet: Supernet, generator: torch.Generator, n: int, *, sampler: str = "buckets", n_buckets: int = 6
+) -> list[Arch]:
+    """The subnets a final evaluation looks at: the largest, the smallest and ``n`` more, drawn per MAC bucket
+    (``sampler="buckets"``: :func:`bucket_archs`) or uniformly (``"uniform"``, OFA's sampler; duplicates dropped)."""
+    if sampler == "buckets":
+        return bucket_archs(supernet, generator, n, n_buckets=n_buckets)
+    if sampler == "uniform":
+        archs = [supernet.max_arch(), supernet.min_arch()] + [uniform_arch(supernet.spec, generator) for _ in range(n)]
+        return list(dict.fromkeys(archs))
+    raise ValueError(f"sampler must be one of {EVAL_SAMPLERS}; got {sampler!r}")
 
 
 def mean_pareto_accuracy(points: Sequence[tuple[float, float]], macs_min: float, macs_max: float) -> float:

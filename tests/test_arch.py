@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from deps_core.arch import Arch, compound_arch, max_arch, min_arch, sandwich_archs, uniform_arch
+from deps_core.arch import Arch, compound_arch, max_arch, min_arch, sandwich_archs, sized_arch, uniform_arch
 from deps_core.spaces import list_spaces, space_spec
 
 MBV3 = "ofa_mbv3_w1.0"
@@ -150,3 +150,37 @@ def test_samplers_of_a_restricted_space_stay_inside_it(generator):
     k5 = space_spec(MBV3, ks_choices=[5])
     for _ in range(10):
         k5.check(compound_arch(k5, generator))
+
+
+@pytest.mark.parametrize("space", list_spaces())
+def test_sized_sampler_spans_the_space_from_min_to_max(space, generator):
+    """Size 0 and 1 are the smallest and largest subnet; in between, draws stay in the space (restricted too) and
+    larger sizes give more MACs on average."""
+    from deps_core.spaces import create_supernet
+
+    spec = space_spec(space)
+    assert sized_arch(spec, generator, 0.0) == min_arch(spec) and sized_arch(spec, generator, 1.0) == max_arch(spec)
+    restricted = space_spec(space, ks_choices=[3, 5], e_choices=[3, 4])
+    assert sized_arch(restricted, generator, 1.0) == max_arch(restricted)
+    for size in (0.1, 0.5, 0.9):
+        for _ in range(5):
+            for s in (spec, restricted):
+                a = sized_arch(s, generator, size)
+                s.check(a)
+                assert a == a.canonical(s)
+    net = create_supernet(space, num_classes=10)
+    mean = [sum(net.macs(sized_arch(spec, generator, size)) for _ in range(40)) / 40 for size in (0.2, 0.5, 0.8)]
+    assert mean[0] < mean[1] < mean[2], mean
+    with pytest.raises(ValueError, match=r"size must lie in \[0, 1\]; got 1.5"):
+        sized_arch(spec, generator, 1.5)
+
+
+def test_sized_sampler_is_a_function_of_the_generator():
+    spec = space_spec(MBV3)
+
+    def draw(seed: int) -> list[Arch]:
+        g = torch.Generator().manual_seed(seed)
+        return [sized_arch(spec, g, 0.3) for _ in range(4)]
+
+    assert draw(5) == draw(5)
+    assert draw(5) != draw(6)

@@ -10,7 +10,9 @@ from deps_core.arch import Arch, uniform_arch
 from deps_core.evaluate import (
     ArchResult,
     CachedBatches,
+    bucket_archs,
     calibrate_bn,
+    eval_archs,
     evaluate,
     format_pareto_table,
     mean_pareto_accuracy,
@@ -165,3 +167,38 @@ def test_the_pareto_table_prints_each_best_subnet_inside_its_printed_range():
     for _bucket, span, macs, *_ in rows:
         lo, hi = map(float, span.split("-"))
         assert lo <= float(macs) <= hi, f"{macs} printed outside {span}"
+
+
+@pytest.mark.parametrize("space", ["ofa_mbv3_w1.0", "ofa_proxyless_w1.3"])
+def test_bucket_sampler_fills_every_mac_bucket_where_uniform_sampling_leaves_the_top_empty(space):
+    net = create_supernet(space, num_classes=10)
+    lo, hi = net.macs(net.min_arch()), net.macs(net.max_arch())
+
+    def bucket_counts(archs):
+        counts = [0] * 6
+        for a in archs:
+            counts[min(int((net.macs(a) - lo) / ((hi - lo) / 6)), 5)] += 1
+        return counts
+
+    archs = bucket_archs(net, torch.Generator().manual_seed(0), 26)
+    assert archs[:2] == [net.max_arch(), net.min_arch()] and len(set(archs)) == len(archs) == 28
+    assert bucket_counts(archs[2:]) == [5, 5, 4, 4, 4, 4]  # n // 6 each, one more for the first n % 6
+    for a in archs:
+        net.spec.check(a)
+    assert archs == bucket_archs(net, torch.Generator().manual_seed(0), 26)
+    assert archs != bucket_archs(net, torch.Generator().manual_seed(1), 26)
+    # why: 200 uniform subnets besides max and min leave at least one bucket without a candidate
+    uniform = eval_archs(net, torch.Generator().manual_seed(0), 200, sampler="uniform")
+    assert 0 in bucket_counts(uniform[2:])
+    assert eval_archs(net, torch.Generator().manual_seed(0), 26) == archs
+
+
+def test_bucket_sampler_keeps_what_it_found_when_draws_run_out_and_rejects_bad_counts():
+    net = create_supernet("ofa_mbv3_32", num_classes=10, width_mult=0.25)
+    archs = bucket_archs(net, torch.Generator().manual_seed(0), 60, max_draws=20)
+    assert 2 < len(archs) <= 22 and len(set(archs)) == len(archs)
+    assert bucket_archs(net, torch.Generator().manual_seed(0), 0) == [net.max_arch(), net.min_arch()]
+    with pytest.raises(ValueError, match="need n >= 0 and n_buckets >= 1"):
+        bucket_archs(net, torch.Generator(), 4, n_buckets=0)
+    with pytest.raises(ValueError, match="sampler must be one of"):
+        eval_archs(net, torch.Generator(), 4, sampler="random")

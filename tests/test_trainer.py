@@ -103,6 +103,7 @@ def test_seed_recipe_preset_matches_the_readme():
         (["optim.lrr=3"], "unknown key 'optim.lrr'"),
         (["optim.lr=fast"], "optim.lr='fast': expected float"),
         (["method.name=sgd"], "method.name must be one of"),
+        (["run.eval_sampler=random"], "eval_sampler must be one of ['buckets', 'uniform']"),
         (["data.batch_size=0"], "data.batch_size must be a number >= 1"),
         (["data.holdout=4500"], "data.holdout=4500 holds out all 4500 synthetic training images"),
         (["lr=3"], "is not of the form section.field=value"),
