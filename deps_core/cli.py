@@ -164,17 +164,14 @@ def _final_evaluation(trainer, data, config, ctx) -> dict | None:
     bucket, or uniformly with ``run.eval_sampler=uniform``)."""
     from deps_core.evaluate import CachedBatches, eval_archs, evaluate_archs, pareto_report
 
-    net = trainer.supernet
-    g = torch.Generator().manual_seed(config.run.seed + 12345)
-    run = config.run
+    net, run = trainer.supernet, config.run
+    g = torch.Generator().manual_seed(run.seed + 12345)
     archs = eval_archs(net, g, run.eval_archs, sampler=run.eval_sampler, n_buckets=run.eval_buckets)
-    calib = CachedBatches.from_loader(
-        data.calib.epoch(0), max_images=config.run.calib_images, batch_size=config.run.calib_batch
-    )
+    calib = CachedBatches.from_loader(data.calib.epoch(0), max_images=run.calib_images, batch_size=run.calib_batch)
     results = evaluate_archs(
-        net, archs, calib, data.val, amp=trainer.amp, ctx=ctx, progress=config.run.progress and ctx.is_main
+        net, archs, calib, data.val, amp=trainer.amp, ctx=ctx, progress=run.progress and ctx.is_main
     )
-    return {"results": results, "pareto": pareto_report(net, results, config.run.eval_buckets)}
+    return {"results": results, "pareto": pareto_report(net, results, run.eval_buckets)}
 
 
 def _write_report(out_dir: Path, config, summary: dict, report: dict | None, wall: float) -> None:

@@ -248,9 +248,9 @@ def bucket_archs(
     spec = supernet.spec
     big, small = supernet.max_arch(), supernet.min_arch()
     lo, hi = supernet.macs(small), supernet.macs(big)
-    quota = [n // n_buckets + (i < n % n_buckets) for i in range(n_buckets)]
     if hi <= lo:  # one subnet only
         return [big]
+    quota = [n // n_buckets + (i < n % n_buckets) for i in range(n_buckets)]
     chosen: list[list[Arch]] = [[] for _ in range(n_buckets)]
     seen = {big, small}
     draws = 100 * n + 1000 if max_draws is None else max_draws
