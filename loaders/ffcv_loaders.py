@@ -195,7 +195,8 @@ def train_loader(
     - ``order``: ``"random"`` or ``"quasi_random"`` (FFCV's page-aware order for ``os_cache=False``; not distributed).
     - ``os_cache``: read through the OS page cache (memory-mapped, shared by the processes of a node) instead of
       FFCV's per-process page cache.
-    - ``num_workers``: decoding threads (default: the cores available to this process).
+    - ``num_workers``: decoding threads, at least 1 (default: the cores available to this process; FFCV has no inline
+      mode like the torchvision fallback's 0).
     - ``num_classes``: if given, every label must lie in [0, num_classes) (checked when the loader is built).
     - ``holdout``: a :class:`~deps_loaders.HoldOut` — visit all samples but its held-out ones (``part="rest"``, for
       training) or only those (``part="held"``, e.g. to search on images the supernet never trained on).
@@ -207,7 +208,7 @@ def train_loader(
         resolution=resolution,
         device=device,
         seed=seed,
-        num_workers=num_workers or default_num_workers(),
+        num_workers=default_num_workers() if num_workers is None else num_workers,
         order=order,
         drop_last=drop_last,
         rank=r,
@@ -260,7 +261,7 @@ def val_loader(
         train=False,
         resolution=resolution,
         device=device,
-        num_workers=num_workers or default_num_workers(),
+        num_workers=default_num_workers() if num_workers is None else num_workers,
         order="sequential",
         drop_last=drop_last,
         rank=r,

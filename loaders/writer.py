@@ -278,7 +278,7 @@ def write_beton(
         max_resolution=max_resolution,
         jpeg_quality=jpeg_quality,
         compress_probability=compress_probability,
-        num_workers=num_workers or default_num_workers(),
+        num_workers=default_num_workers() if num_workers is None else num_workers,
         strict=strict,
         chunk_size=chunk_size,
     )

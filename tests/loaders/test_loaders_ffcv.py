@@ -258,8 +258,11 @@ def test_loaders_do_not_change_torch_threads_and_accept_a_device_string(raw_beto
     loader = train_loader(raw_beton, 8, resolution=32, num_workers=2, device="cpu")
     next(iter(loader))
     assert torch.get_num_threads() == before
-    with pytest.raises(ValueError, match="num_workers"):
-        train_loader(raw_beton, 8, num_workers=10_000)
+    for bad in (10_000, 0, -1):  # why: 0 was taken for the default (all cores) instead of being refused
+        with pytest.raises(ValueError, match="num_workers"):
+            train_loader(raw_beton, 8, num_workers=bad)
+        with pytest.raises(ValueError, match="num_workers"):
+            val_loader(raw_beton, 8, num_workers=bad)
     with pytest.raises(ValueError, match="device"):
         train_loader(raw_beton, 8, device="nonsense")
 

@@ -156,6 +156,7 @@ def test_cifar_read_from_local_files(tmp_path, square_arrays):
         (np.zeros((2, 8, 8, 3), np.uint8), np.array([0, 1]), {"jpeg_quality": 0}, "jpeg_quality"),
         (np.zeros((2, 8, 8, 3), np.uint8), np.array([0, 1]), {"compress_probability": 2.0}, "compress_probability"),
         (np.zeros((2, 8, 8, 3), np.uint8), np.array([0, 1]), {"max_resolution": -5}, "max_resolution"),
+        (np.zeros((2, 8, 8, 3), np.uint8), np.array([0, 1]), {"num_workers": 0}, "num_workers: 0"),
     ],
 )
 def test_bad_arrays_and_options_are_refused_before_writing(tmp_path, images, labels, kwargs, match):
