@@ -489,6 +489,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from deps_core.config import EVAL_SAMPLERS
     from deps_core.search import parse_latency, parse_macs
 
     parser = _Parser(prog="deps", description="Once-for-all supernet training with DεpS (Delayed ε-Shrinking).")
@@ -509,7 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--archs", type=_count, default=40, help="subnets besides the largest and smallest")
     p.add_argument(
         "--sampler",
-        choices=("buckets", "uniform"),
+        choices=EVAL_SAMPLERS,
         default="buckets",
         help="buckets: --archs spread evenly over the MAC buckets (default); uniform: OFA's uniform sampling",
     )

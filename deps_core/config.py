@@ -31,10 +31,12 @@ __all__ = [
     "load_preset",
     "METHODS",
     "DATA_SOURCES",
+    "EVAL_SAMPLERS",
 ]
 
 METHODS = ("deps", "ofa", "bignas", "compofa")
 DATA_SOURCES = ("synthetic", "beton", "imagefolder")
+EVAL_SAMPLERS = ("buckets", "uniform")  # deps_core.evaluate.eval_archs
 
 
 def _one_of(choices):
@@ -227,7 +229,7 @@ class RunConfig:
     progress: bool = True
     eval_archs: int = attrs.field(default=40, validator=_at_least(0))
     eval_buckets: int = attrs.field(default=6, validator=_at_least(1))
-    eval_sampler: str = attrs.field(default="buckets", validator=_one_of(("buckets", "uniform")))
+    eval_sampler: str = attrs.field(default="buckets", validator=_one_of(EVAL_SAMPLERS))
     calib_images: int = attrs.field(default=2000, validator=_at_least(1))
     calib_batch: int = attrs.field(default=200, validator=_at_least(1))
 

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from deps_core.arch import Arch, sized_arch, uniform_arch
+from deps_core.config import EVAL_SAMPLERS
 from deps_core.distributed import DistContext
 from deps_core.supernet import Supernet
 
@@ -46,9 +47,6 @@ __all__ = [
     "report_to_json",
     "save_results",
 ]
-
-
-EVAL_SAMPLERS = ("buckets", "uniform")
 
 
 class CachedBatches:
