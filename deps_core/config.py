@@ -11,6 +11,7 @@ Presets live in ``deps_core/presets/*.json`` as overrides of the defaults below;
 from __future__ import annotations
 
 import json
+import math
 import types
 import typing
 from importlib import resources
@@ -51,8 +52,8 @@ def _at_least(lo, *, optional: bool = False):
     def check(_inst, attribute, value):
         if value is None and optional:
             return
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < lo:
-            raise ValueError(f"{attribute.name} must be a number >= {lo}; got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < lo:
+            raise ValueError(f"{attribute.name} must be a finite number >= {lo}; got {value!r}")
 
     return check
 
@@ -138,6 +139,14 @@ class DataConfig:
     def __attrs_post_init__(self) -> None:
         if self.source != "synthetic" and (self.train is None or self.val is None):
             raise ValueError(f"data.train and data.val are required for source {self.source!r}")
+        if self.source == "synthetic" and (self.train is not None or self.val is not None):
+            given = " and ".join(
+                f"data.{k}={v}" for k, v in (("train", self.train), ("val", self.val)) if v is not None
+            )
+            raise ValueError(
+                f"{given} would be ignored because data.source is 'synthetic' (the bundled dataset): set "
+                "data.source=beton or imagefolder, or unset them (data.train=none data.val=none)"
+            )
         if self.source == "synthetic" and self.holdout >= self.synthetic_train_size:
             raise ValueError(
                 f"data.holdout={self.holdout} holds out all {self.synthetic_train_size} synthetic training images "

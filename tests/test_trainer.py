@@ -104,7 +104,8 @@ def test_seed_recipe_preset_matches_the_readme():
         (["optim.lr=fast"], "optim.lr='fast': expected float"),
         (["method.name=sgd"], "method.name must be one of"),
         (["run.eval_sampler=random"], "eval_sampler must be one of ['buckets', 'uniform']"),
-        (["data.batch_size=0"], "data.batch_size must be a number >= 1"),
+        (["data.batch_size=0"], "data.batch_size must be a finite number >= 1"),
+        (["data.train=/x.beton"], "data.train=/x.beton would be ignored because data.source is 'synthetic'"),
         (["data.holdout=4500"], "data.holdout=4500 holds out all 4500 synthetic training images"),
         (["lr=3"], "is not of the form section.field=value"),
         (["--preset", "nope"], "unknown preset 'nope'"),
@@ -116,6 +117,41 @@ def test_bad_cli_values_are_one_line_errors_with_exit_2(args, message, env):
     proc = _run(_train_cmd(*args), env, timeout=120)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        "optim.lr=nan",
+        "optim.lr=inf",
+        "optim.weight_decay=nan",
+        "optim.grad_clip_norm=inf",
+        "method.ramp_epochs=nan",
+        "data.mixup_alpha=inf",
+        "model.width_mult=nan",
+        "optim.kd_temperature=-inf",
+    ],
+)
+def test_non_finite_numbers_are_refused_from_the_command_line_and_from_json(item):
+    key, _, text = item.partition("=")
+    with pytest.raises(ValueError, match=rf"^{key} must be a finite number >= .*; got {text}$"):
+        apply_overrides(load_preset("default"), [item])
+    section, field = key.split(".")
+    parsed = json.loads(json.dumps({section: {field: float(text)}}))  # Python's json writes and reads NaN/Infinity
+    with pytest.raises(ValueError, match=rf"^{key} must be a finite number"):
+        load_preset("default").merged(parsed)
+
+
+def test_data_paths_the_synthetic_source_would_ignore_are_refused():
+    default, cifar = load_preset("default"), load_preset("deps-mbv3-cifar10")
+    with pytest.raises(ValueError, match=r"^data.val=v.beton would be ignored because data.source is 'synthetic'"):
+        apply_overrides(default, ["data.val=v.beton"])
+    with pytest.raises(ValueError, match=r"^data.train=data/cifar10/train.beton and data.val=data/cifar10/val.beton"):
+        apply_overrides(cifar, ["data.source=synthetic"])
+    synthetic = apply_overrides(cifar, ["data.source=synthetic", "data.train=none", "data.val=none"])
+    assert (synthetic.data.source, synthetic.data.train, synthetic.data.val) == ("synthetic", None, None)
+    beton = apply_overrides(default, ["data.source=beton", "data.train=t.beton", "data.val=v.beton"])
+    assert (beton.data.train, beton.data.val) == ("t.beton", "v.beton")
 
 
 def test_dry_run_prints_the_resolved_config(env, tmp_path):
