@@ -309,6 +309,12 @@ class Supernet(nn.Module):
         (``deps_kernels.dwconv_bn_act``; same results, fewer passes over the depthwise output).
         """
         spec = self.spec
+        in_channels = views["stem.conv.weight"].shape[1]
+        if x.dim() != 4 or x.shape[1] != in_channels or not x.is_floating_point():
+            raise ValueError(
+                f"input must be a floating-point batch [N, {in_channels}, H, W] (normalised images); "
+                f"got shape {tuple(x.shape)} of {x.dtype}"
+            )
         eps = spec.bn_eps
         momentum = spec.bn_momentum if bn_momentum is None else bn_momentum
         keep_stats = not training or update_bn_stats

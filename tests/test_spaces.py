@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -206,3 +208,19 @@ def test_supernet_rejects_archs_of_other_spaces_or_choices(nets):
     assert not fixed_k7.kernel_transform and not any(".dw.m" in n for n, _ in fixed_k7.named_parameters())
     with pytest.raises(ValueError, match=r"arch\.ks has \[3\]"):
         fixed_k7(torch.randn(1, 3, 32, 32), fixed_k7.max_arch().replace(ks=(3,) * 20))
+
+
+@pytest.mark.parametrize(
+    "shape, dtype",
+    [((3, 32, 32), torch.float32), ((2, 1, 32, 32), torch.float32), ((2, 4, 32, 32), torch.float64),
+     ((2, 3, 32, 32), torch.uint8), ((2, 3, 32, 32, 1), torch.float32)],
+)  # fmt: skip
+def test_supernet_names_a_malformed_input_batch(nets, shape, dtype):
+    net = nets["ofa_mbv3_32"]
+    x = torch.zeros(shape, dtype=dtype)
+    message = rf"input must be a floating-point batch \[N, 3, H, W\].*got shape {re.escape(str(shape))} of {dtype}"
+    with pytest.raises(ValueError, match=message):
+        net(x, net.min_arch())
+    views, buffers = net.active_params(net.min_arch()), net.active_buffers(net.min_arch())
+    with pytest.raises(ValueError, match=message):
+        net.functional_forward(views, buffers, x, net.min_arch(), training=True)
