@@ -244,11 +244,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from deps_core.data import build_data
     from deps_core.distributed import DistContext
     from deps_core.evaluate import (
-        ArchResult,
         CachedBatches,
         eval_archs,
         evaluate_archs,
         format_pareto_table,
+        load_results,
         pareto_report,
         plot_pareto,
         report_to_json,
@@ -263,6 +263,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     archs = [_arch_arg(a, net) for a in args.arch] or (  # bad archs stop before anything is set up or read
         eval_archs(net, g, args.archs, sampler=args.sampler, n_buckets=args.buckets)
     )
+    overlays = {}  # checked now, not after the evaluation
+    for other in args.overlay:
+        label, _, path = other.rpartition("=")
+        try:
+            overlays[label or Path(path).parent.name] = pareto_report(net, load_results(path), args.buckets)["buckets"]
+        except ValueError as err:
+            raise ValueError(f"--overlay: {err}") from None
     ctx = DistContext.from_env(config.run.device)
     _cpu_settings(ctx, config)
     net = net.to(ctx.device)
@@ -282,11 +289,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     save_results(results, out / "subnets.json")
     report = pareto_report(net, results, args.buckets)
     print(format_pareto_table(report))
-    runs = {args.label or config.method.name: report["buckets"]}
-    for other in args.overlay:
-        label, _, path = other.rpartition("=")
-        loaded = [ArchResult.from_dict(d) for d in json.loads(Path(path).read_text())]
-        runs[label or Path(path).parent.name] = pareto_report(net, loaded, args.buckets)["buckets"]
+    runs = {args.label or config.method.name: report["buckets"]} | overlays
     plot_pareto(runs, out / "pareto.png", title=f"{net.spec.name}")
     (out / "report.json").write_text(json.dumps(report_to_json(report), indent=1) + "\n")
     print(f"wrote {out / 'subnets.json'}, {out / 'report.json'}, {out / 'pareto.png'}")
@@ -515,7 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="buckets: --archs spread evenly over the MAC buckets (default); uniform: OFA's uniform sampling",
     )
     p.add_argument("--arch", action="append", default=[], help="evaluate only these: max, min, or an arch JSON")
-    p.add_argument("--buckets", type=_count, default=6, help="MAC buckets of the Pareto front")
+    p.add_argument("--buckets", type=_positive, default=6, help="MAC buckets of the Pareto front")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampled subnets")
     p.add_argument("--out", help="output directory (default: RUN_DIR/eval)")
     p.add_argument("--label", help="this run's name in the plot (default: the method)")

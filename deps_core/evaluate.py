@@ -46,6 +46,7 @@ __all__ = [
     "format_pareto_table",
     "report_to_json",
     "save_results",
+    "load_results",
 ]
 
 
@@ -322,6 +323,25 @@ def plot_pareto(runs: dict[str, Sequence[dict[str, Any]]], path: str | os.PathLi
 def save_results(results: Sequence[ArchResult], path: str | os.PathLike) -> None:
     with open(path, "w") as f:
         json.dump([r.to_dict() for r in results], f, indent=1)
+
+
+def load_results(path: str | os.PathLike) -> list[ArchResult]:
+    """The results :func:`save_results` wrote (a run's ``subnets.json``); one ``ValueError`` naming the file if it is
+    missing, not JSON, or not a list of results."""
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: no such file (expected a subnets.json that deps train or deps eval wrote)")
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not a JSON file: {err}") from None
+    try:
+        if not isinstance(data, list):
+            raise TypeError(f"a {type(data).__name__}, not a list")
+        return [ArchResult.from_dict(d) for d in data]
+    except (KeyError, TypeError, ValueError) as err:
+        detail = f"missing key {err}" if isinstance(err, KeyError) else str(err)
+        raise ValueError(f"{path} is not a list of subnet results as subnets.json holds: {detail}") from None
 
 
 def evaluate_archs(

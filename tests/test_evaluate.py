@@ -3,6 +3,8 @@ empty-calibration-set errors."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -15,9 +17,11 @@ from deps_core.evaluate import (
     eval_archs,
     evaluate,
     format_pareto_table,
+    load_results,
     mean_pareto_accuracy,
     pareto_buckets,
     pareto_report,
+    save_results,
 )
 from deps_core.export import build_static, extract_subnet, subnet_config
 from deps_core.spaces import create_supernet
@@ -202,3 +206,23 @@ def test_bucket_sampler_keeps_what_it_found_when_draws_run_out_and_rejects_bad_c
         bucket_archs(net, torch.Generator(), 4, n_buckets=0)
     with pytest.raises(ValueError, match="sampler must be one of"):
         eval_archs(net, torch.Generator(), 4, sampler="random")
+
+
+def test_saved_results_load_back_and_bad_files_are_named(tmp_path):
+    spec = create_supernet("ofa_mbv3_32", num_classes=3).spec
+    g = torch.Generator().manual_seed(1)
+    results = [ArchResult(uniform_arch(spec, g), 1000 + i, 0.1 * i, 0.5, 2.0 - i) for i in range(3)]
+    save_results(results, tmp_path / "subnets.json")
+    assert load_results(tmp_path / "subnets.json") == results
+    for text, message in [
+        (None, "no such file"),
+        (b"\xff\xfe", "is not a JSON file"),
+        (b"[1, 2]", "is not a list of subnet results as subnets.json holds"),
+        (b'[{"arch": 1}]', "is not a list of subnet results as subnets.json holds"),
+    ]:
+        path = tmp_path / "bad.json"
+        path.unlink(missing_ok=True)
+        if text is not None:
+            path.write_bytes(text)
+        with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}.*{message}"):
+            load_results(path)

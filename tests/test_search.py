@@ -503,6 +503,32 @@ def test_missing_arch_file_is_named(tiny_run, capsys, tmp_path):
     assert "--arch 'nope.json' is neither max, min, an arch JSON file nor a JSON string" in err
 
 
+_FOREIGN = [{"arch": Arch.from_ofa([7] * 20, [6] * 20, [4] * 5, space="ofa_mbv3_32").to_dict(), "macs": 10**9,
+             "top1": 0.5, "top5": 0.9, "loss": 1.0}]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "no such file (expected a subnets.json that deps train or deps eval wrote)"),
+        ("nope", "is not a JSON file: Expecting value"),
+        ('{"a": 1}', "is not a list of subnet results as subnets.json holds: a dict, not a list"),
+        ('[{"macs": 1}]', "is not a list of subnet results as subnets.json holds: missing key 'arch'"),
+        ('[{"arch": {"space": "ofa_mbv3_32"}}]', "an arch dict has exactly the keys"),
+        (json.dumps(_FOREIGN), "has 1000000000 MACs, outside the supernet's range"),
+    ],
+)
+def test_a_bad_overlay_stops_eval_before_it_evaluates_or_writes(tiny_run, tmp_path, capsys, content, message):
+    path = tmp_path / "subnets.json"
+    if content is not None:
+        path.write_text(content)
+    out = tmp_path / "eval"
+    err = _main_error(capsys, ["eval", "--checkpoint", str(tiny_run), "--out", str(out), "--overlay", f"b={path}"])
+    assert err.startswith("deps eval: error: --overlay: ") and message in err, err
+    assert str(path) in err or "MACs" in err
+    assert not out.exists()
+
+
 def test_a_checkpoint_whose_weights_are_of_another_space_is_one_clear_error(tmp_path, capsys, image_folder):
     run = _tiny_checkpoint(tmp_path / "run", [*SEARCH_TINY, *image_folder])
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
