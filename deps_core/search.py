@@ -71,7 +71,9 @@ def parse_latency(text: str) -> float:
 
 
 def format_macs(macs: float) -> str:
-    return f"{macs / 1e9:g}G" if macs >= 1e9 else f"{macs / 1e6:g}M"
+    if macs >= 1e9:
+        return f"{macs / 1e9:g}G"
+    return f"{macs / 1e6:g}M" if macs >= 1e6 else f"{macs / 1e3:g}K"
 
 
 @attrs.frozen
@@ -303,7 +305,7 @@ def check_budget(
         least = subnet_macs(spec, smallest, num_classes=num_classes)
         if budget.macs < least:
             raise ValueError(
-                f"MACs budget {budget.macs / 1e6:.2f}M is below the smallest subnet's {least / 1e6:.2f}M MACs "
+                f"MACs budget {format_macs(budget.macs)} is below the smallest subnet's {least / 1e6:.2f}M MACs "
                 f"({smallest})"
             )
     if budget.latency_ms is not None:
