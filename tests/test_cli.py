@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
         (["train", "--bogus"], "unrecognized arguments: --bogus"),
         (["train", "model.space=nope"], "model.space must be one of"),
         ([], "the following arguments are required: command"),
+        (["train", "--restart", "--resume", "runs/x"], "argument --resume: not allowed with argument --restart"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(argv, message):
