@@ -31,11 +31,20 @@ __all__ = [
     "list_presets",
     "load_preset",
     "METHODS",
+    "METHOD_FIELDS",
     "DATA_SOURCES",
     "EVAL_SAMPLERS",
 ]
 
 METHODS = ("deps", "ofa", "bignas", "compofa")
+# the method.* fields each method reads (deps_core.trainer.build_strategy); the others are ignored by it
+METHOD_FIELDS = {
+    "deps": ("epochs", "p_fm", "k", "ramp_epochs", "eps_form", "eps_start", "all_uniform", "subnet_loss",
+             "subnet_bn_stats", "reorganize", "grad_clip_value"),
+    "bignas": ("epochs", "k", "subnet_bn_stats", "grad_clip_value"),
+    "ofa": ("phases", "phase_warmup_epochs", "grad_clip_value"),
+    "compofa": ("phases", "phase_warmup_epochs", "k", "compound_fixed_kernels", "grad_clip_value"),
+}  # fmt: skip
 DATA_SOURCES = ("synthetic", "beton", "imagefolder")
 EVAL_SAMPLERS = ("buckets", "uniform")  # deps_core.evaluate.eval_archs
 
@@ -339,7 +348,8 @@ def _parse(text: str, annotation: str, key: str) -> Any:
 
 
 def apply_overrides(config: ExperimentConfig, items: list[str]) -> ExperimentConfig:
-    """Apply ``section.field=value`` strings; an unknown key or an unparsable value raises ``ValueError``."""
+    """Apply ``section.field=value`` strings; an unknown key, an unparsable value or a ``method.*`` key the resolved
+    method does not read (:data:`METHOD_FIELDS`) raises ``ValueError``."""
     nested: dict[str, dict[str, Any]] = {}
     for item in items:
         key, sep, text = item.partition("=")
@@ -356,7 +366,15 @@ def apply_overrides(config: ExperimentConfig, items: list[str]) -> ExperimentCon
         if not isinstance(annotation, str):
             annotation = _type_name(annotation)
         nested.setdefault(section, {})[field] = _parse(text, annotation, key)
-    return config.merged(nested)
+    merged = config.merged(nested)
+    name = merged.method.name
+    for field in nested.get("method", {}):
+        if field != "name" and field not in METHOD_FIELDS[name]:
+            raise ValueError(
+                f"method.{field} does not apply to method {name!r}, which reads "
+                + ", ".join(f"method.{f}" for f in METHOD_FIELDS[name])
+            )
+    return merged
 
 
 def _type_name(tp: Any) -> str:  # pragma: no cover - annotations are strings under `from __future__ import annotations`

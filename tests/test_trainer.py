@@ -13,11 +13,20 @@ import sys
 import time
 from pathlib import Path
 
+import attrs
 import pytest
 import torch
 
 from deps_core.checkpoint import CheckpointError, load_checkpoint
-from deps_core.config import ExperimentConfig, apply_overrides, list_presets, load_preset
+from deps_core.config import (
+    METHOD_FIELDS,
+    METHODS,
+    ExperimentConfig,
+    MethodConfig,
+    apply_overrides,
+    list_presets,
+    load_preset,
+)
 from deps_core.schedules import Progress
 from deps_core.spaces import space_spec
 from deps_core.trainer import build_strategy
@@ -95,6 +104,34 @@ def test_seed_recipe_preset_matches_the_readme():
     assert strategy.lr_at(Progress(0, 0, 100)) == pytest.approx(0.1625 * 2048 / 128)
     assert build_strategy(load_preset("ofa-mbv3-imagenet"), space_spec("ofa_mbv3_w1.0")).total_epochs == 605
     assert build_strategy(load_preset("compofa-mbv3-imagenet"), space_spec("ofa_mbv3_w1.0")).total_epochs == 330
+
+
+_ALTERED = dict(epochs=7, p_fm=0.3, k=2, ramp_epochs=2.0, eps_form="none", eps_start=0.01, all_uniform=True,
+                subnet_loss="ce", subnet_bn_stats=False, reorganize=True, grad_clip_value=2.0, phase_warmup_epochs=2,
+                compound_fixed_kernels=False)  # fmt: skip
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_method_fields_name_exactly_what_each_strategy_reads_and_the_rest_is_refused(name):
+    spec = space_spec("ofa_mbv3_32")
+    base = ExperimentConfig().merged({"method": {"name": name}})
+    altered = _ALTERED | (
+        {"phases": {"ofa": (3, 2, 1, 2, 1, 2), "compofa": (3, 1, 2)}[name]} if name in ("ofa", "compofa") else {}
+    )
+    assert set(_ALTERED) | {"name", "phases"} == {f.name for f in attrs.fields(MethodConfig)}  # every field is tried
+    strategy = build_strategy(base, spec)
+    for field, value in altered.items():
+        changed = build_strategy(base.merged({"method": {field: value}}), spec)
+        assert (changed != strategy) == (field in METHOD_FIELDS[name]), field
+        text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value).lower()
+        if field in METHOD_FIELDS[name]:
+            assert (
+                apply_overrides(base, [f"method.{field}={text}"]).method
+                == base.merged({"method": {field: value}}).method
+            )
+        else:
+            with pytest.raises(ValueError, match=rf"^method.{field} does not apply to method '{name}', which reads"):
+                apply_overrides(base, [f"method.{field}={text}"])
 
 
 @pytest.mark.parametrize(
