@@ -562,7 +562,9 @@ def build_parser() -> argparse.ArgumentParser:
         "predictor: an MLP fitted to --predictor-archs evaluated archs (or loaded with --predictor)",
     )
     p.add_argument("--predictor", help="a saved accuracy predictor (predictor.pt of an earlier search)")
-    p.add_argument("--predictor-archs", type=_count, default=1000, help="uniform archs evaluated to fit the predictor")
+    p.add_argument(
+        "--predictor-archs", type=_positive, default=1000, help="uniform archs evaluated to fit the predictor"
+    )
     p.add_argument(
         "--heldout-images",
         type=_positive,

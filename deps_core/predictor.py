@@ -239,6 +239,11 @@ def fit_predictor(
     n_val = int(round(val_fraction * n))
     if n - n_val < 2:
         raise ValueError(f"fitting a predictor needs at least 2 training archs; got {n} archs, {n_val} held out")
+    if val_fraction > 0 and n_val == 0:
+        raise ValueError(
+            f"val_fraction={val_fraction} of {n} archs holds out none: give more archs, or val_fraction=0 to fit "
+            "without a validation RMSE"
+        )
     x = encoder.encode_many(archs)
     y = torch.tensor([float(a) for a in accuracies])
     perm = torch.randperm(n, generator=generator)

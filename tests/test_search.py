@@ -287,6 +287,14 @@ def test_predictor_fits_a_synthetic_accuracy_better_than_a_constant(tmp_path, on
     with pytest.raises(ValueError, match="trained on other choices of ofa_mbv3_32"):
         AccuracyPredictor.load(path, spec=space_spec("ofa_mbv3_32", ks_choices=(7,)))
 
+    # too few archs: no training pair, or a validation split that holds out none (its RMSE would be NaN)
+    with pytest.raises(ValueError, match="needs at least 2 training archs; got 2 archs, 1 held out"):
+        fit_predictor(archs[:2], accs[:2], enc, generator=g, val_fraction=0.5)
+    with pytest.raises(ValueError, match="val_fraction=0.2 of 2 archs holds out none"):
+        fit_predictor(archs[:2], accs[:2], enc, generator=g, epochs=1)
+    _, small = fit_predictor(archs[:2], accs[:2], enc, generator=g, epochs=1, val_fraction=0.0)
+    assert (small["n_train"], small["n_val"]) == (2, 0)
+
 
 # --- the deps search command ------------------------------------------------------------------------------------------
 
@@ -453,6 +461,7 @@ def _main_error(capsys, argv: list[str]) -> str:
         (["--macs", "10M", "--predictor", "p.pt"], "--predictor needs --accuracy predictor"),
         (["--macs", "10M", "--resolutions", "33"], "--resolutions [33] are not in ofa_mbv3_32's"),
         (["--macs", "10M", "--population", "0"], "argument --population: expected a positive integer"),
+        (["--macs", "1M", "--predictor-archs", "0"], "argument --predictor-archs: expected a positive integer"),
     ],
 )
 def test_search_bad_input_is_one_line_and_exit_2(tiny_run, capsys, extra, message):
