@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -64,12 +66,17 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device
         path = path / "checkpoints" / "last.pt" if (path / "checkpoints").is_dir() else path / "last.pt"
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    hint = f"; the previous checkpoint is {path.with_name('prev.pt')}" if path.with_name("prev.pt").is_file() else ""
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a cut-off one lacks its central directory
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt (not a complete PyTorch zip archive){hint}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # truncated zip, garbage bytes, foreign pickle
-        hint = (
-            f"; the previous checkpoint is {path.with_name('prev.pt')}" if path.with_name("prev.pt").is_file() else ""
-        )
+    except pickle.UnpicklingError:  # torch's message suggests weights_only=False, which deps never does
+        raise CheckpointError(
+            f"{path} is not a deps checkpoint: it holds objects other than tensors and plain containers, which a "
+            "weights-only load refuses"
+        ) from None
+    except Exception as err:  # a damaged archive
         first = (str(err).strip().splitlines() or [""])[0]
         raise CheckpointError(
             f"checkpoint {path} is truncated or corrupt ({type(err).__name__}: {first}){hint}"

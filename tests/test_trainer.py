@@ -316,8 +316,14 @@ def test_corrupt_checkpoint_is_a_clear_error_naming_the_file(full_run, env, tmp_
     (out / "checkpoints").mkdir(parents=True)
     good = (full_run[0] / "checkpoints" / "last.pt").read_bytes()
     (out / "checkpoints" / "last.pt").write_bytes(good[: len(good) // 2])
-    with pytest.raises(CheckpointError, match=r"last\.pt is truncated or corrupt"):
+    with pytest.raises(CheckpointError, match=r"last\.pt is truncated or corrupt \(not a complete PyTorch zip"):
         load_checkpoint(out / "checkpoints" / "last.pt")
+    torch.save({"format": "x", "obj": Path("a")}, tmp_path / "foreign.pt")  # a pickle weights_only refuses
+    with pytest.raises(CheckpointError, match=r"foreign\.pt is not a deps checkpoint: it holds objects other than"):
+        load_checkpoint(tmp_path / "foreign.pt")
+    torch.save({"format": "x"}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match=r"other\.pt is not a deps checkpoint \(format"):
+        load_checkpoint(tmp_path / "other.pt")
     proc = _run(_train_cmd("--resume", str(out)), env)
     assert proc.returncode == 2 and "last.pt is truncated or corrupt" in proc.stderr
     (out / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint at all")
