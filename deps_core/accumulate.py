@@ -34,6 +34,21 @@ class GradAccumulator:
             offset += p.numel()
         self.touched: set[str] = set()
 
+    def check(self, params: Mapping[str, Tensor]) -> None:
+        """``ValueError`` unless ``params`` are the parameters this accumulator was built for (names and shapes)."""
+        if params.keys() != self.grads.keys():
+            missing, extra = sorted(params.keys() - self.grads.keys()), sorted(self.grads.keys() - params.keys())
+            raise ValueError(
+                "the accumulator was built for other parameters: "
+                f"{len(missing)} not in it (e.g. {missing[:3]}), {len(extra)} of it not given (e.g. {extra[:3]})"
+            )
+        for name, p in params.items():
+            if p.shape != self.grads[name].shape:
+                raise ValueError(
+                    f"the accumulator was built for other parameters: {name} is {list(self.grads[name].shape)} in it, "
+                    f"{list(p.shape)} here"
+                )
+
     def zero_(self) -> None:
         self.flat.zero_()
         self.touched.clear()

@@ -92,6 +92,7 @@ def functional_step(
     for flag, on in (("fuse_dw_grad", fuse_dw_grad), ("fuse_dw_bn_act", fuse_dw_bn_act)):
         if on and ops.resolve_depthwise_backend(dw_backend, images) != "triton":
             raise ValueError(f"{flag} needs the Triton depthwise backend; dw_backend={dw_backend!r} is torch here")
+    accumulator.check(params)
     full_logits: Tensor | None = None
     losses = []
     for term in terms:

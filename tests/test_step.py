@@ -170,6 +170,21 @@ def test_in_place_kd_needs_the_full_model_first():
         functional_step(net, params, buffers, acc, [SubnetTerm(net.min_arch(), 1.0, "teacher_kd")], x, y)
 
 
+def test_an_accumulator_of_other_parameters_is_refused_before_any_work():
+    net = _supernet()
+    params, buffers = detached_state(net)
+    other = create_supernet("ofa_mbv3_32", num_classes=7, width_mult=0.25, generator=torch.Generator().manual_seed(0))
+    x, y = torch.randn(2, 3, 16, 16, dtype=torch.float64), torch.tensor([0, 1])
+    terms = [SubnetTerm(net.max_arch(), 1.0, "ce")]
+    before = {k: v.clone() for k, v in buffers.items()}
+    with pytest.raises(ValueError, match=r"built for other parameters: classifier\.weight is \[7, \d+\] in it"):
+        functional_step(net, params, buffers, GradAccumulator(detached_state(other)[0]), terms, x, y)
+    fewer = {k: v for k, v in params.items() if k != "classifier.bias"}
+    with pytest.raises(ValueError, match=r"1 not in it \(e\.g\. \['classifier\.bias'\]\), 0 of it not given"):
+        functional_step(net, params, buffers, GradAccumulator(fewer), terms, x, y)
+    assert all(torch.equal(before[k], v) for k, v in buffers.items())  # no forward ran: BN statistics untouched
+
+
 def test_accumulator_binds_its_buffers_as_grads_and_skips_untouched_parameters():
     net = _supernet()
     params, buffers = detached_state(net)
