@@ -602,7 +602,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # section.key=value overrides may come before, between or after the options: argparse gives a nargs="*"
+    # positional only its first run, so the later ones come back unparsed and join it in order
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if any(a.startswith("-") for a in extra) or not hasattr(args, "overrides"):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     if getattr(args, "list_presets", False):
         from deps_core.config import list_presets
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -27,6 +28,17 @@ def test_bad_input_is_one_line_and_exit_2(argv, message):
     proc = subprocess.run([sys.executable, "-m", "deps_core.cli", *argv], capture_output=True, text=True)
     assert proc.returncode == 2, proc
     assert message in proc.stderr and len(proc.stderr.strip().splitlines()) <= 2  # usage line + error line at most
+
+
+def test_overrides_may_come_before_between_and_after_options_and_the_last_one_wins(capsys):
+    argv = ["train", "optim.lr=0.3", "--dry-run", "run.seed=2", "--preset", "deps-mbv3-cifar10", "optim.lr=0.4"]
+    assert main(argv) == 0
+    config = json.loads(capsys.readouterr().out)
+    assert (config["optim"]["lr"], config["run"]["seed"], config["method"]["epochs"]) == (0.4, 2, 200)
+    for argv, stray in ((["train", "--dry-run", "x=1", "--bogus"], "--bogus"), (["spaces", "a.b=1"], "a.b=1")):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2 and f"unrecognized arguments: {stray}" in capsys.readouterr().err
 
 
 def test_spaces_command_lists_every_space(capsys):
