@@ -77,6 +77,7 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--classes-from", metavar="DIR", help="require the class folders of DIR (the train split)")
     parser.add_argument("--num-classes", type=_positive_int, help="labels must lie in [0, N) (synthetic: 10 or 100)")
     parser.add_argument("--resolution", type=_positive_int, default=32, help="synthetic image side: 32 or 64")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or summary")
 
 
@@ -108,6 +109,8 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.output is None:
         raise ValueError("output: the .beton file to write is required")
+    if Path(args.output).exists() and not args.overwrite:  # a .beton of ImageNet takes hours to write
+        raise ValueError(f"output: {args.output} exists; pass --overwrite to replace it")
     options = dict(
         write_mode=args.write_mode,
         max_resolution=args.max_resolution,

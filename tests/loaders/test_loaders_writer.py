@@ -247,7 +247,9 @@ def test_deps_data_writes_and_reports_bad_input_in_one_line(tmp_path, jpeg_folde
     assert "wrote 64 images of 4 classes" in capsys.readouterr().out
     assert inspect_beton(tmp_path / "t.beton").num_samples == 64
     assert _cli(jpeg_folder, tmp_path / "v.beton", "--classes-from", jpeg_folder, "--quiet", "--num-workers", 2) == 0
+    written = (tmp_path / "t.beton").read_bytes()
     for argv, match in [
+        ((jpeg_folder, tmp_path / "t.beton", "--quiet"), f"output: {tmp_path / 't.beton'} exists; pass --overwrite"),
         ((tmp_path / "nowhere", tmp_path / "x.beton"), "nowhere: no such directory"),
         ((f"cifar10:{tmp_path}", tmp_path / "c.beton"), "no cifar10 train files"),
         ((jpeg_folder,), "output"),
@@ -255,6 +257,9 @@ def test_deps_data_writes_and_reports_bad_input_in_one_line(tmp_path, jpeg_folde
         assert _cli(*argv) == 2
         err = capsys.readouterr().err
         assert err.startswith("deps data: error: ") and match in err and err.count("\n") == 1
+    assert (tmp_path / "t.beton").read_bytes() == written  # the refused write left the file as it was
+    args = (jpeg_folder, tmp_path / "t.beton", "--quiet", "--num-workers", 2, "--write-mode", "raw", "--overwrite")
+    assert _cli(*args) == 0 and (tmp_path / "t.beton").read_bytes() != written
     parser = argparse.ArgumentParser(prog="deps data", exit_on_error=False)
     add_data_arguments(parser)
     with pytest.raises(argparse.ArgumentError, match=r"\[1, 100\]"):
