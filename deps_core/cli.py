@@ -232,6 +232,32 @@ def _arch_arg(text: str, net):
     return arch
 
 
+_FIXED_DATA = ("holdout", "holdout_seed")  # the run's held-out split: evaluation must see the same one
+
+
+def _checkpoint_overrides(items: list[str], run_fields: tuple[str, ...]) -> list[str]:
+    """The ``key=value`` overrides of a command that reads a checkpoint: ``data.*`` (where the data lives, how it is
+    read) and ``run_fields``; a key the checkpoint fixes, or one the command does not read, is a ``ValueError``."""
+    allowed = (
+        "data.* (but "
+        + ", ".join(f"data.{f}" for f in _FIXED_DATA)
+        + ") and "
+        + ", ".join(f"run.{f}" for f in run_fields)
+    )
+    for item in items:
+        section, _, field = item.partition("=")[0].partition(".")
+        if section in ("model", "optim", "method") or (section == "run" and field not in run_fields):
+            raise ValueError(
+                f"{section}.{field} has no effect here: the checkpoint fixes it; this command reads {allowed}"
+            )
+        if section == "data" and field in _FIXED_DATA:
+            raise ValueError(
+                f"data.{field} is the run's own (its held-out split must stay out of calibration); this command "
+                f"reads {allowed}"
+            )
+    return items
+
+
 def _checkpoint_file(text: str) -> Path:
     ckpt = Path(text)
     return ckpt / "checkpoints" / "last.pt" if ckpt.is_dir() else ckpt
@@ -257,7 +283,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     ckpt = Path(args.checkpoint)
     ckpt = ckpt / "checkpoints" / "last.pt" if ckpt.is_dir() else ckpt
-    config = apply_overrides(ExperimentConfig.from_dict(load_checkpoint(ckpt)["config"]), args.overrides)
+    overrides = _checkpoint_overrides(args.overrides, ("device", "calib_images", "calib_batch", "seed", "progress"))
+    config = apply_overrides(ExperimentConfig.from_dict(load_checkpoint(ckpt)["config"]), overrides)
     net, _ = supernet_from_checkpoint(ckpt)
     g = torch.Generator().manual_seed(args.seed)
     archs = [_arch_arg(a, net) for a in args.arch] or (  # bad archs stop before anything is set up or read
@@ -307,10 +334,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     ckpt = Path(args.checkpoint)
     ckpt = ckpt / "checkpoints" / "last.pt" if ckpt.is_dir() else ckpt
+    overrides = _checkpoint_overrides(args.overrides, ("calib_images", "calib_batch", "seed", "progress"))
+    if args.no_calibrate and overrides:
+        raise ValueError(f"--no-calibrate reads no data, so the overrides {overrides} would have no effect")
     net, config = supernet_from_checkpoint(ckpt)
     arch = _arch_arg(args.arch, net)
     if not args.no_calibrate:
-        config = apply_overrides(config, args.overrides + ["run.device=cpu"])
+        config = apply_overrides(config, overrides + ["run.device=cpu"])
         data = build_data(config, DistContext())
         calib = CachedBatches.from_loader(
             data.calib.epoch(0), max_images=config.run.calib_images, batch_size=config.run.calib_batch
@@ -381,8 +411,9 @@ def _cmd_search(args: argparse.Namespace) -> int:
     if args.predictor and args.accuracy != "predictor":
         raise ValueError("--predictor needs --accuracy predictor")
     ckpt = _checkpoint_file(args.checkpoint)
+    overrides = _checkpoint_overrides(args.overrides, ("device", "calib_images", "calib_batch", "seed", "progress"))
     net, config = supernet_from_checkpoint(ckpt)
-    config = apply_overrides(config, args.overrides)
+    config = apply_overrides(config, overrides)
     spec, classes = net.spec, net.num_classes
     resolutions = _search_resolutions(args, net, config)
     budgets = [Budget(m, t) for m in (args.macs or [None]) for t in (args.latency or [None])]

@@ -398,7 +398,7 @@ def test_search_command_writes_arch_files_that_export_accepts(tiny_run, env, tmp
     common = ["--heldout-images", "32", "--latency-warmup", "1", "--latency-repeats", "3", "--seed", "1"]
     proc = _run(
         _deps("search", "--checkpoint", str(tiny_run), "--macs", macs, "--population", "4", "--generations", "2")
-        + [*common, "--out", str(out)],
+        + [*common, "--out", str(out), "data.num_workers=1", "run.calib_batch=16"],  # overrides a search reads
         env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -537,6 +537,23 @@ def test_a_bad_overlay_stops_eval_before_it_evaluates_or_writes(tiny_run, tmp_pa
     assert err.startswith("deps eval: error: --overlay: ") and message in err, err
     assert str(path) in err or "MACs" in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["eval", "model.width_mult=1.0"], "model.width_mult has no effect here: the checkpoint fixes it"),
+        (["eval", "run.eval_archs=3"], "run.eval_archs has no effect here"),
+        (["search", "--macs", "10M", "optim.lr=1"], "optim.lr has no effect here"),
+        (["search", "--macs", "10M", "data.holdout=5"], "data.holdout is the run's own (its held-out split"),
+        (["export", "--out", "x", "method.k=2"], "method.k has no effect here"),
+        (["export", "--out", "x", "run.device=cuda"], "run.device has no effect here"),
+        (["export", "--out", "x", "--no-calibrate", "data.num_workers=1"], "--no-calibrate reads no data"),
+    ],
+)
+def test_overrides_a_checkpoint_fixes_or_a_command_ignores_are_refused(tiny_run, capsys, argv, message):
+    err = _main_error(capsys, [argv[0], "--checkpoint", str(tiny_run), *argv[1:]])
+    assert message in err, err
 
 
 def test_a_checkpoint_whose_weights_are_of_another_space_is_one_clear_error(tmp_path, capsys, image_folder):
