@@ -117,6 +117,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             "start over with --restart, or choose another run.out_dir"
         )
     ctx = DistContext.from_env(config.run.device)
+    if ctx.is_main:
+        _output_dir(out_dir, "run.out_dir")
     _cpu_settings(ctx, config)
     start = time.perf_counter()
     try:
@@ -232,6 +234,19 @@ def _arch_arg(text: str, net):
     return arch
 
 
+def _output_dir(path: str | Path, what: str) -> Path:
+    """``path`` created as a directory now, before any work whose results it is to receive; ``ValueError`` naming
+    ``what`` if it is a file or cannot be created."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{what} {path} is a file, not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"{what} {path} cannot be created ({err.strerror or err})") from None
+    return path
+
+
 _FIXED_DATA = ("holdout", "holdout_seed")  # the run's held-out split: evaluation must see the same one
 
 
@@ -297,7 +312,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             overlays[label or Path(path).parent.name] = pareto_report(net, load_results(path), args.buckets)["buckets"]
         except ValueError as err:
             raise ValueError(f"--overlay: {err}") from None
+    out = Path(args.out or ckpt.parent.parent / "eval")
     ctx = DistContext.from_env(config.run.device)
+    if ctx.is_main:
+        _output_dir(out, "--out")
     _cpu_settings(ctx, config)
     net = net.to(ctx.device)
     data = build_data(config, ctx)
@@ -311,8 +329,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     ctx.shutdown()
     if not ctx.is_main:
         return 0
-    out = Path(args.out or ckpt.parent.parent / "eval")
-    out.mkdir(parents=True, exist_ok=True)
     save_results(results, out / "subnets.json")
     report = pareto_report(net, results, args.buckets)
     print(format_pareto_table(report))
@@ -339,6 +355,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raise ValueError(f"--no-calibrate reads no data, so the overrides {overrides} would have no effect")
     net, config = supernet_from_checkpoint(ckpt)
     arch = _arch_arg(args.arch, net)
+    _output_dir(args.out, "--out")
     if not args.no_calibrate:
         config = apply_overrides(config, overrides + ["run.device=cpu"])
         data = build_data(config, DistContext())
@@ -435,7 +452,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         parent_ratio=args.parent_ratio,
         mutation_ratio=args.mutation_ratio,
     )
-    out = Path(args.out or ckpt.parent.parent / "search")
+    out = _output_dir(args.out or ckpt.parent.parent / "search", "--out")
 
     ctx = DistContext.from_env(config.run.device)
     if ctx.distributed:

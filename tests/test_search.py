@@ -556,6 +556,17 @@ def test_overrides_a_checkpoint_fixes_or_a_command_ignores_are_refused(tiny_run,
     assert message in err, err
 
 
+@pytest.mark.parametrize("command", ["eval", "export", "search"])
+def test_an_output_path_that_is_a_file_is_refused_before_any_work(tiny_run, tmp_path, capsys, command):
+    taken = tmp_path / "taken"
+    taken.write_text("keep me")
+    extra = {"eval": ["--archs", "0"], "export": [], "search": ["--macs", "10M"]}[command]
+    err = _main_error(capsys, [command, "--checkpoint", str(tiny_run), "--out", str(taken), *extra])
+    assert f"--out {taken} is a file, not a directory" in err and taken.read_text() == "keep me"
+    err = _main_error(capsys, [command, "--checkpoint", str(tiny_run), "--out", str(taken / "sub"), *extra])
+    assert f"--out {taken / 'sub'} cannot be created" in err
+
+
 def test_a_checkpoint_whose_weights_are_of_another_space_is_one_clear_error(tmp_path, capsys, image_folder):
     run = _tiny_checkpoint(tmp_path / "run", [*SEARCH_TINY, *image_folder])
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)

@@ -143,6 +143,7 @@ def test_method_fields_name_exactly_what_each_strategy_reads_and_the_rest_is_ref
         (["run.eval_sampler=random"], "eval_sampler must be one of ['buckets', 'uniform']"),
         (["data.batch_size=0"], "data.batch_size must be a finite number >= 1"),
         (["data.train=/x.beton"], "data.train=/x.beton would be ignored because data.source is 'synthetic'"),
+        (["run.out_dir=/dev/null"], "run.out_dir /dev/null is a file, not a directory"),
         (["data.holdout=4500"], "data.holdout=4500 holds out all 4500 synthetic training images"),
         (["lr=3"], "is not of the form section.field=value"),
         (["--preset", "nope"], "unknown preset 'nope'"),
