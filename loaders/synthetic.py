@@ -383,7 +383,11 @@ def synthetic_beton(
     """
     spec = spec or SyntheticSpec()
     directory = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        where = "cache_dir" if cache_dir is not None else "the synthetic dataset's cache ($DEPS_CACHE or ~/.cache/deps)"
+        raise ValueError(f"{where}: cannot create {directory} ({err.strerror or err})") from None
     path = directory / f"{spec.name(split)}.beton"
     manifest = path.with_suffix(".json")
     if path.exists() and manifest.exists():

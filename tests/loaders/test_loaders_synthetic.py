@@ -126,6 +126,17 @@ def _train_and_evaluate(net, forward, train_path, val_path, epochs, lr):
     return correct / total
 
 
+def test_a_cache_directory_that_cannot_be_created_is_named(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("DEPS_CACHE", str(tmp_path / "file"))
+    with pytest.raises(
+        ValueError, match=r"synthetic dataset's cache \(\$DEPS_CACHE .*\): cannot create .*file/synthetic"
+    ):
+        synthetic_beton("val", SyntheticSpec(train_size=120, val_size=40))
+    with pytest.raises(ValueError, match=r"^cache_dir: cannot create .*file/sub"):
+        synthetic_beton("val", SyntheticSpec(train_size=120, val_size=40), cache_dir=tmp_path / "file" / "sub")
+
+
 @pytest.fixture(scope="module")
 def capacity_data(tmp_path_factory):
     spec = SyntheticSpec(train_size=4000, val_size=1000)
