@@ -107,7 +107,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return 0
     from deps_core.data import build_data
     from deps_core.distributed import DistContext
-    from deps_core.trainer import NonFiniteLoss, Trainer
+    from deps_core.trainer import NonFiniteLoss, Trainer, TrainingStopped
 
     out_dir = Path(config.run.out_dir)
     last = out_dir / "checkpoints" / "last.pt"
@@ -141,7 +141,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
         except NonFiniteLoss as err:
             print(f"deps train: {err}", file=sys.stderr)
             return 1
+        except TrainingStopped as err:
+            print(f"deps train: {err}", file=sys.stderr)
+            return 128 + err.signum
         report = _final_evaluation(trainer, data, config, ctx)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside the training loop
+        saved = f"; the last checkpoint is {last}" if last.exists() else ""
+        print(f"\ndeps train: interrupted{saved}", file=sys.stderr)
+        return 130
     finally:
         ctx.shutdown()
     if ctx.is_main:

@@ -15,8 +15,12 @@ CPU run ends bit-identical to an uninterrupted one (``tests/test_trainer.py``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import signal
+import sys
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -38,11 +42,51 @@ from deps_core.spaces.base import SpaceSpec
 from deps_core.step import detached_state, functional_step
 from deps_core.strategies import BigNASStrategy, CompOFAStrategy, DepsStrategy, OFAStrategy, Plan
 
-__all__ = ["Trainer", "NonFiniteLoss", "build_strategy", "Loader"]
+__all__ = ["Trainer", "NonFiniteLoss", "TrainingStopped", "build_strategy", "Loader"]
 
 
 class NonFiniteLoss(RuntimeError):
     """A NaN or infinite loss: training stops before the update, the last checkpoint stays as it was."""
+
+
+class TrainingStopped(Exception):
+    """SIGINT (Ctrl-C) or SIGTERM asked a single-process run to stop: it finished the step it was in and saved a
+    checkpoint there, from which ``--resume`` continues exactly. ``signum``: the signal."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+
+class _StopRequest:
+    """While active, the first SIGINT/SIGTERM only records a request (the loop stops at the next step boundary); a
+    second SIGINT raises ``KeyboardInterrupt`` at once. Installed only in the main thread of a single-process run
+    (ranks of a distributed run could stop at different steps), and the previous handlers come back on exit."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopRequest:
+        if self.enabled:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        print(
+            f"\ndeps train: {signal.Signals(signum).name}: stopping after this step with a checkpoint "
+            "(Ctrl-C again stops at once, without one)",
+            file=sys.stderr,
+        )
 
 
 class Loader(Protocol):
@@ -351,8 +395,12 @@ class Trainer:
             unit="step",
             dynamic_ncols=True,
         )
-        try:
+        stop = _StopRequest(enabled=not self.ctx.distributed)
+        with stop, contextlib.ExitStack() as cleanup:
+            cleanup.callback(bar.close)
             while self.epoch < self.total_epochs:
+                if stop.signum is not None:  # asked during the last step of an epoch: the epoch's checkpoint is saved
+                    self._stopped(stop.signum)
                 epoch_start = time.perf_counter()
                 batches = self.train_loader.epoch(self.epoch, start_step=self.step)
                 try:
@@ -378,17 +426,28 @@ class Trainer:
                             eps=f"{record['epsilon']:.3g}",
                             loss=f"{next(iter(record['losses'].values())):.3f}",
                         )
-                        if self.step < self.steps_per_epoch and self.global_step % run.checkpoint_every == 0:
+                        if self.step < self.steps_per_epoch and (
+                            self.global_step % run.checkpoint_every == 0 or stop.signum is not None
+                        ):
                             self.save()
+                            if stop.signum is not None:
+                                self._stopped(stop.signum)
                         waited = time.perf_counter()
                 finally:
                     close = getattr(batches, "close", None)
                     if close is not None:
                         close()
                 self._end_epoch(time.perf_counter() - epoch_start)
-        finally:
-            bar.close()
         return self.summary()
+
+    def _stopped(self, signum: int) -> None:
+        where = f"stopped by {signal.Signals(signum).name} at epoch {self.epoch}, step {self.step}"
+        if self.checkpoint_dir is None:
+            raise TrainingStopped(f"{where} (no out_dir: nothing saved)", signum)
+        raise TrainingStopped(
+            f"{where}, saved in {self.checkpoint_dir / 'last.pt'}; continue with deps train --resume {self.out_dir}",
+            signum,
+        )
 
     def _account(self, phase: str, seconds: float, terms: int, wait: float) -> None:
         c = self.cost

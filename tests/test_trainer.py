@@ -1,4 +1,5 @@
-"""The trainer end to end through FFCV: outputs, exact resume after SIGKILL, 2-process gloo, NaN and bad checkpoints.
+"""The trainer end to end through FFCV: outputs, exact resume after SIGKILL and Ctrl-C, 2-process gloo, NaN and bad
+checkpoints.
 
 The runs are real ``deps train`` processes on a tiny synthetic dataset (built once into a temporary cache).
 """
@@ -232,6 +233,37 @@ def test_rerunning_into_an_existing_run_directory_is_refused(full_run, env):
     out, _ = full_run
     proc = _run(_train_cmd(*TINY, f"run.out_dir={out}"), env)
     assert proc.returncode == 2 and "already holds a run" in proc.stderr
+
+
+def test_ctrl_c_stops_at_a_step_boundary_with_a_checkpoint_and_the_resume_is_bit_identical(full_run, env, tmp_path):
+    full, _ = full_run
+    out = tmp_path / "interrupted"
+    proc = subprocess.Popen(
+        _train_cmd(*TINY, f"run.out_dir={out}", "run.log_every=1"),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    log = out / "steps.jsonl"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        steps = log.read_text().splitlines() if log.exists() else []
+        if len(steps) >= 14:  # into the shrinking phase, between two periodic checkpoints (every 3 steps)
+            proc.send_signal(signal.SIGINT)
+            break
+        time.sleep(0.02)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    message = err.strip().splitlines()[-1]
+    assert message.startswith("deps train: stopped by SIGINT at epoch ") and f"--resume {out}" in message, message
+    position = json.loads((out / "checkpoints" / "last.json").read_text())
+    done = [json.loads(line)["global_step"] for line in log.read_text().splitlines()]
+    assert position["global_step"] == done[-1] + 1  # the checkpoint holds every step that ran, not the last periodic
+    resumed = _run(_train_cmd("--resume", str(out)), env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = _model(full), _model(out)
+    assert all(torch.equal(a[k], b[k]) for k in a), f"the resume from {position} differs"
 
 
 def test_resume_after_sigkill_is_bit_identical(full_run, env, tmp_path):
