@@ -674,6 +674,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"deps {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback (deps train saves a checkpoint first)
+        print(f"\ndeps {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -71,7 +71,8 @@ class _StopRequest:
     def __enter__(self) -> _StopRequest:
         if self.enabled:
             for signum in (signal.SIGINT, signal.SIGTERM):
-                self._previous[signum] = signal.signal(signum, self._handle)
+                if signal.getsignal(signum) is not signal.SIG_IGN:  # e.g. SIGINT of a shell script's background job
+                    self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -41,6 +41,17 @@ def test_overrides_may_come_before_between_and_after_options_and_the_last_one_wi
         assert exc.value.code == 2 and f"unrecognized arguments: {stray}" in capsys.readouterr().err
 
 
+def test_ctrl_c_in_any_command_is_one_line_and_exit_130(capsys, monkeypatch):
+    import deps_core.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_cmd_spaces", interrupted)
+    assert main(["spaces"]) == 130
+    assert capsys.readouterr().err.strip() == "deps spaces: interrupted"
+
+
 def test_spaces_command_lists_every_space(capsys):
     from deps_core.spaces import list_spaces
 
