@@ -244,6 +244,8 @@ def test_ctrl_c_stops_at_a_step_boundary_with_a_checkpoint_and_the_resume_is_bit
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        # as from a terminal: a suite started in the background inherits an ignored SIGINT, which deps leaves alone
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     log = out / "steps.jsonl"
     deadline = time.time() + 600
