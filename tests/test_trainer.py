@@ -28,9 +28,10 @@ from deps_core.config import (
     list_presets,
     load_preset,
 )
+from deps_core.distributed import DistContext
 from deps_core.schedules import Progress
 from deps_core.spaces import space_spec
-from deps_core.trainer import build_strategy
+from deps_core.trainer import Trainer, TrainingStopped, build_strategy
 
 TINY = [
     "model.width_mult=0.25",
@@ -266,6 +267,57 @@ def test_ctrl_c_stops_at_a_step_boundary_with_a_checkpoint_and_the_resume_is_bit
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a, b = _model(full), _model(out)
     assert all(torch.equal(a[k], b[k]) for k in a), f"the resume from {position} differs"
+
+
+class _SignalledBatches:
+    """Random batches as a loader that raises ``signum`` in this process just before it yields batch ``at`` of
+    epoch 0 (as if Ctrl-C came during that step)."""
+
+    def __init__(self, steps: int, at: int, signum: int):
+        g = torch.Generator().manual_seed(0)
+        self.batches = [
+            (torch.randn(4, 3, 8, 8, generator=g), torch.randint(0, 10, (4,), generator=g)) for _ in range(steps)
+        ]
+        self.at, self.signum = at, signum
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def epoch(self, epoch: int, start_step: int = 0):
+        for i, batch in enumerate(self.batches[start_step:], start_step):
+            if epoch == 0 and i == self.at:
+                signal.raise_signal(self.signum)
+            yield batch
+
+
+@pytest.mark.parametrize(
+    "at, signum, stop",
+    [(1, signal.SIGINT, (0, 2)), (2, signal.SIGTERM, (1, 0))],  # mid-epoch; in the epoch's last step
+    ids=["mid_epoch", "last_step"],
+)
+def test_a_signal_stops_the_loop_at_the_next_step_boundary_with_its_checkpoint(tmp_path, at, signum, stop):
+    def outside(signum, frame):  # what the test process does with a signal the loop did not take
+        raise AssertionError(f"{signal.Signals(signum).name} reached the handler outside the training loop")
+
+    before = {s: signal.signal(s, outside) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        config = apply_overrides(
+            load_preset("default"),
+            ["model.width_mult=0.25", "model.d_choices=2", "data.batch_size=4", "data.resolution=8", "method.epochs=2",
+             "method.p_fm=0", "method.k=2", "run.progress=false", "run.checkpoint_every=100"],
+        )  # fmt: skip
+        trainer = Trainer(config, _SignalledBatches(3, at, signum), num_classes=10, ctx=DistContext(), out_dir=tmp_path)
+        with pytest.raises(TrainingStopped) as info:
+            trainer.fit()
+        name = signal.Signals(signum).name
+        assert str(info.value).startswith(f"stopped by {name} at epoch {stop[0]}, step {stop[1]}, saved in ")
+        assert info.value.signum == signum
+        state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+        assert (state["progress"]["epoch"], state["progress"]["step"]) == stop
+        assert signal.getsignal(signal.SIGINT) is outside and signal.getsignal(signal.SIGTERM) is outside  # restored
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
 
 
 def test_resume_after_sigkill_is_bit_identical(full_run, env, tmp_path):
