@@ -10,7 +10,9 @@ One step (DεpS eq. (4) with everything around it):
 
 Everything needed to continue exactly is checkpointed: weights, BN statistics, optimizer state, position, RNG state,
 strategy state (re-organizations done, the frozen teacher), partial-epoch statistics and the cost so far. A resumed
-CPU run ends bit-identical to an uninterrupted one (``tests/test_trainer.py``).
+CPU run ends bit-identical to an uninterrupted one (``tests/test_trainer.py``). In a single-process run, SIGINT (Ctrl-C)
+or SIGTERM stops :meth:`Trainer.fit` after the step in progress, with a checkpoint of that position
+(:class:`TrainingStopped`).
 """
 
 from __future__ import annotations
