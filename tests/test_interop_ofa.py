@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -124,6 +126,16 @@ def test_unreadable_checkpoint_names_the_file(tmp_path):
     bad.write_bytes(bad.read_bytes()[:1000])
     with pytest.raises(ValueError, match="cannot read OFA checkpoint .*truncated.pth"):
         load_ofa_state_dict(ours, bad)
+    foreign = tmp_path / "foreign.pth"
+    torch.save({"state_dict": to_ofa_state_dict(ours), "note": Path("x")}, foreign)  # an object beyond tensors
+    text = tmp_path / "notes.txt"
+    text.write_text("not a checkpoint\n")
+    for path in (foreign, text):
+        with pytest.raises(ValueError) as info:
+            load_ofa_state_dict(ours, path)
+        message = str(info.value)
+        assert message.startswith(f"cannot read OFA checkpoint {path} with a weights-only load: it is damaged, not")
+        assert "\n" not in message and "load_ofa_state_dict" in message
 
 
 def test_key_map_covers_the_mbv3_32_space():

@@ -10,6 +10,7 @@ OFA names the same tensors differently (``blocks.{i+1}.conv.inverted_bottleneck.
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Mapping
 
 import torch
@@ -93,8 +94,15 @@ def _read(source: Mapping[str, Tensor] | str | os.PathLike) -> Mapping[str, Tens
         raise FileNotFoundError(f"OFA checkpoint not found: {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a truncated or foreign file: name it
-        raise ValueError(f"cannot read OFA checkpoint {path}: {type(err).__name__}: {err}") from None
+    except pickle.UnpicklingError:  # torch's several-line advice, condensed to what holds here
+        raise ValueError(
+            f"cannot read OFA checkpoint {path} with a weights-only load: it is damaged, not a PyTorch file, or holds "
+            "objects other than tensors; a file you trust can be read with torch.load(path, weights_only=False) "
+            "and its state dict passed to load_ofa_state_dict"
+        ) from None
+    except Exception as err:  # a truncated archive: name it
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise ValueError(f"cannot read OFA checkpoint {path}: {type(err).__name__}: {first}") from None
 
 
 @torch.no_grad()
