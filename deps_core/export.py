@@ -304,6 +304,28 @@ def load_static(directory: str | os.PathLike) -> StaticSubnet:
     for name in ("subnet.json", "subnet.pt"):
         if not (d / name).is_file():
             raise FileNotFoundError(f"exported subnet incomplete: {d / name} is missing")
-    net = build_static(json.loads((d / "subnet.json").read_text()))
-    net.load_state_dict(torch.load(d / "subnet.pt", map_location="cpu", weights_only=True))
+    try:
+        config = json.loads((d / "subnet.json").read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{d / 'subnet.json'} is not a JSON file: {err}") from None
+    net = build_static(config)
+    try:
+        state = torch.load(d / "subnet.pt", map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many kinds for a damaged or foreign file
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        raise ValueError(
+            f"{d / 'subnet.pt'} is truncated, corrupt or not a state dict ({type(err).__name__}: {first})"
+        ) from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{d / 'subnet.pt'} holds a {type(state).__name__}, not a state dict")
+    expected = net.state_dict()
+    missing, unexpected = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
+    shapes = [k for k in expected.keys() & state.keys() if tuple(expected[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or shapes:
+        raise ValueError(
+            f"{d / 'subnet.pt'} does not fit the network {d / 'subnet.json'} describes: {len(missing)} missing "
+            f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}), {len(shapes)} of another "
+            f"shape (e.g. {sorted(shapes)[:3]}); were the two files written by one deps export?"
+        )
+    net.load_state_dict(state)
     return net.eval()

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deps_core.arch import Arch
-from deps_core.export import build_static, extract_subnet, subnet_config
+from deps_core.export import build_static, export_static, extract_subnet, load_static, subnet_config
 from deps_core.spaces import create_supernet, list_spaces, register_space, space_spec
 
 SPACES = list_spaces()
@@ -198,6 +198,26 @@ def test_static_config_is_json_and_rejects_foreign_configs(generator):
     del config["blocks"]
     with pytest.raises(ValueError, match=r"lacks the keys \['blocks'\]"):
         build_static(config)
+
+
+def test_an_export_that_is_damaged_or_mismatched_is_one_clear_error(tmp_path, generator):
+    net = create_supernet("ofa_mbv3_32", num_classes=3, width_mult=0.25, generator=generator).eval()
+    small, large = tmp_path / "small", tmp_path / "large"
+    export_static(net, net.min_arch(), small)
+    export_static(net, net.max_arch(), large)
+    x = torch.randn(2, 3, 32, 32, generator=generator)
+    torch.testing.assert_close(load_static(small)(x), net(x, net.min_arch()))
+    (tmp_path / "mixed").mkdir()
+    (tmp_path / "mixed" / "subnet.json").write_bytes((small / "subnet.json").read_bytes())
+    (tmp_path / "mixed" / "subnet.pt").write_bytes((large / "subnet.pt").read_bytes())
+    with pytest.raises(ValueError, match=r"mixed/subnet\.pt does not fit the network .*mixed/subnet\.json describes"):
+        load_static(tmp_path / "mixed")
+    (small / "subnet.pt").write_bytes(b"junk")
+    with pytest.raises(ValueError, match=r"small/subnet\.pt is truncated, corrupt or not a state dict"):
+        load_static(small)
+    (small / "subnet.json").write_text("{")
+    with pytest.raises(ValueError, match=r"small/subnet\.json is not a JSON file"):
+        load_static(small)
 
 
 def test_supernet_rejects_archs_of_other_spaces_or_choices(nets):
