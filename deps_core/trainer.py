@@ -78,8 +78,9 @@ class _StopRequest:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+        for signum, handler in self._previous.items():  # None: a handler installed outside Python, not restorable
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        self._previous.clear()
 
     def _handle(self, signum: int, _frame: Any) -> None:
         if self.signum is not None and signum == signal.SIGINT:
