@@ -94,10 +94,11 @@ class ModelConfig:
     bn_momentum: float | None = attrs.field(default=None, validator=attrs.validators.optional(_fraction))
 
     def __attrs_post_init__(self) -> None:
-        from deps_core.spaces import list_spaces
+        from deps_core.spaces import list_spaces, space_spec
 
         if self.space not in list_spaces():
             raise ValueError(f"space must be one of {list_spaces()}; got {self.space!r}")
+        space_spec(self.space, **self.space_kwargs())  # choices outside the space: checked here, not at training
 
     def space_kwargs(self) -> dict[str, Any]:
         kw = {

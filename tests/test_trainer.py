@@ -182,6 +182,20 @@ def test_non_finite_numbers_are_refused_from_the_command_line_and_from_json(item
         load_preset("default").merged(parsed)
 
 
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        ("model.ks_choices=3,9", r"model\.ks_choices must be a non-empty subset of \[3, 5, 7\]; got \[3, 9\]"),
+        ("model.e_choices=5", r"model\.e_choices must be a non-empty subset of \[3, 4, 6\]"),
+        ("model.d_choices=1,2", r"model\.d_choices must be a non-empty subset of \[2, 3, 4\]"),
+    ],
+)
+def test_choices_outside_the_space_are_refused_with_the_config_not_at_training(item, message):
+    with pytest.raises(ValueError, match=rf"^{message}"):
+        apply_overrides(load_preset("default"), [item])
+    assert apply_overrides(load_preset("default"), ["model.ks_choices=3,7"]).model.ks_choices == (3, 7)
+
+
 def test_data_paths_the_synthetic_source_would_ignore_are_refused():
     default, cifar = load_preset("default"), load_preset("deps-mbv3-cifar10")
     with pytest.raises(ValueError, match=r"^data.val=v.beton would be ignored because data.source is 'synthetic'"):
