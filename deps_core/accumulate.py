@@ -33,9 +33,13 @@ class GradAccumulator:
             self.grads[name] = self.flat[offset : offset + p.numel()].view(p.shape)
             offset += p.numel()
         self.touched: set[str] = set()
+        self._checked: Mapping[str, Tensor] | None = None  # the mapping check() last passed (the trainer's, every step)
 
     def check(self, params: Mapping[str, Tensor]) -> None:
-        """``ValueError`` unless ``params`` are the parameters this accumulator was built for (names and shapes)."""
+        """``ValueError`` unless ``params`` are the parameters this accumulator was built for (names and shapes).
+        The mapping that passed last is not walked again."""
+        if params is self._checked:
+            return
         if params.keys() != self.grads.keys():
             missing, extra = sorted(params.keys() - self.grads.keys()), sorted(self.grads.keys() - params.keys())
             raise ValueError(
@@ -48,6 +52,7 @@ class GradAccumulator:
                     f"the accumulator was built for other parameters: {name} is {list(self.grads[name].shape)} in it, "
                     f"{list(p.shape)} here"
                 )
+        self._checked = params
 
     def zero_(self) -> None:
         self.flat.zero_()

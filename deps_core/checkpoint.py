@@ -17,7 +17,14 @@ from typing import Any
 
 import torch
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "supernet_from_checkpoint", "CHECKPOINT_FORMAT"]
+__all__ = [
+    "CheckpointError",
+    "save_checkpoint",
+    "load_checkpoint",
+    "supernet_from_checkpoint",
+    "state_dict_mismatch",
+    "CHECKPOINT_FORMAT",
+]
 
 CHECKPOINT_FORMAT = "deps.checkpoint/1"
 
@@ -104,12 +111,12 @@ def supernet_from_checkpoint(path: str | os.PathLike, *, device: str | torch.dev
     except RuntimeError:
         raise CheckpointError(
             f"{path}: the weights do not fit the {config.model.space} supernet its config describes "
-            f"({_mismatch(net.state_dict(), state['model'])}); was it trained on another space or width?"
+            f"({state_dict_mismatch(net.state_dict(), state['model'])}); was it trained on another space or width?"
         ) from None
     return net.to(device), config
 
 
-def _mismatch(expected: dict[str, Any], got: dict[str, Any]) -> str:
+def state_dict_mismatch(expected: dict[str, Any], got: dict[str, Any]) -> str:
     """One line: how many tensors are missing, unexpected or of another shape, with the first of each."""
     missing = [k for k in expected if k not in got]
     unexpected = [k for k in got if k not in expected]

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from deps_core import ops
 from deps_core.arch import Arch
+from deps_core.checkpoint import state_dict_mismatch
 from deps_core.spaces.base import mid_channels, se_channels
 from deps_core.supernet import Supernet
 
@@ -318,14 +319,11 @@ def load_static(directory: str | os.PathLike) -> StaticSubnet:
         ) from None
     if not isinstance(state, dict):
         raise ValueError(f"{d / 'subnet.pt'} holds a {type(state).__name__}, not a state dict")
-    expected = net.state_dict()
-    missing, unexpected = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
-    shapes = [k for k in expected.keys() & state.keys() if tuple(expected[k].shape) != tuple(state[k].shape)]
-    if missing or unexpected or shapes:
+    try:
+        net.load_state_dict(state)
+    except RuntimeError:
         raise ValueError(
-            f"{d / 'subnet.pt'} does not fit the network {d / 'subnet.json'} describes: {len(missing)} missing "
-            f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}), {len(shapes)} of another "
-            f"shape (e.g. {sorted(shapes)[:3]}); were the two files written by one deps export?"
-        )
-    net.load_state_dict(state)
+            f"{d / 'subnet.pt'} does not fit the network {d / 'subnet.json'} describes "
+            f"({state_dict_mismatch(net.state_dict(), state)}); were the two files written by one deps export?"
+        ) from None
     return net.eval()

@@ -400,8 +400,7 @@ class Trainer:
             dynamic_ncols=True,
         )
         stop = _StopRequest(enabled=not self.ctx.distributed)
-        with stop, contextlib.ExitStack() as cleanup:
-            cleanup.callback(bar.close)
+        with stop, contextlib.closing(bar):
             while self.epoch < self.total_epochs:
                 if stop.signum is not None:  # asked during the last step of an epoch: the epoch's checkpoint is saved
                     self._stopped(stop.signum)
