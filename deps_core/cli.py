@@ -138,11 +138,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 print(f"resuming {out_dir} at epoch {trainer.epoch}, step {trainer.step}", file=sys.stderr)
         try:
             summary = trainer.fit()
-        except NonFiniteLoss as err:
-            print(f"deps train: {err}", file=sys.stderr)
+        except NonFiniteLoss as err:  # every rank raises it (the ranks agree each step): rank 0 says it
+            if ctx.is_main:
+                print(f"deps train: {err}", file=sys.stderr)
             return 1
         except TrainingStopped as err:
-            print(f"deps train: {err}", file=sys.stderr)
+            if ctx.is_main:
+                print(f"deps train: {err}", file=sys.stderr)
             return 128 + err.signum
         report = _final_evaluation(trainer, data, config, ctx)
     except KeyboardInterrupt:  # a second Ctrl-C, or one outside the training loop

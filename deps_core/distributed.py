@@ -1,4 +1,4 @@
-"""The process group of a run: rank, world size, device; one all-reduce helper.
+"""The process group of a run: rank, world size, device; the few collectives the trainer needs.
 
 Launched by ``torchrun`` (``WORLD_SIZE``/``RANK``/``LOCAL_RANK`` in the environment) the run joins a process group —
 NCCL on CUDA, gloo on CPU; otherwise it is a single process and every collective is a no-op.
@@ -53,6 +53,19 @@ class DistContext:
         if self.distributed:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
+
+    def all_reduce_max_(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.distributed:
+            dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return tensor
+
+    def gather_object(self, obj: object) -> list[object] | None:
+        """``obj`` of every rank in rank order on rank 0, ``None`` on the others (``[obj]`` in a single process)."""
+        if not self.distributed:
+            return [obj]
+        out: list[object] | None = [None] * self.world_size if self.is_main else None
+        dist.gather_object(obj, out, dst=0)
+        return out
 
     def barrier(self) -> None:
         if self.distributed:

@@ -9,10 +9,13 @@ One step (DεpS eq. (4) with everything around it):
     clip; SGD(momentum, Nesterov, weight decay off BN and biases) at plan.lr
 
 Everything needed to continue exactly is checkpointed: weights, BN statistics, optimizer state, position, RNG state,
-strategy state (re-organizations done, the frozen teacher), partial-epoch statistics and the cost so far. A resumed
-CPU run ends bit-identical to an uninterrupted one (``tests/test_trainer.py``). In a single-process run, SIGINT (Ctrl-C)
-or SIGTERM stops :meth:`Trainer.fit` after the step in progress, with a checkpoint of that position
-(:class:`TrainingStopped`).
+strategy state (re-organizations done, the frozen teacher), partial-epoch statistics and the cost so far; every
+rank's RNG state (dropout masks differ per rank). A resumed CPU run ends bit-identical to an uninterrupted one, with one
+process or several (``tests/test_trainer.py``). SIGINT (Ctrl-C) or SIGTERM stops :meth:`Trainer.fit` after the step in
+progress, with a checkpoint of that position (:class:`TrainingStopped`). The ranks of a distributed run agree on it:
+each step reduces one small tensor (MAX) that says whether any rank was asked to stop and which ranks met a
+non-finite loss, so all ranks stop after the same step, and a NaN on one rank stops every rank instead of leaving the
+others waiting in the gradient all-reduce.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ class NonFiniteLoss(RuntimeError):
 
 
 class TrainingStopped(Exception):
-    """SIGINT (Ctrl-C) or SIGTERM asked a single-process run to stop: it finished the step it was in and saved a
+    """SIGINT (Ctrl-C) or SIGTERM asked the run (any of its ranks) to stop: it finished the step it was in and saved a
     checkpoint there, from which ``--resume`` continues exactly. ``signum``: the signal."""
 
     def __init__(self, message: str, signum: int):
@@ -62,12 +65,16 @@ class TrainingStopped(Exception):
 
 class _StopRequest:
     """While active, the first SIGINT/SIGTERM only records a request (the loop stops at the next step boundary); a
-    second SIGINT raises ``KeyboardInterrupt`` at once. Installed only in the main thread of a single-process run
-    (ranks of a distributed run could stop at different steps), and the previous handlers come back on exit."""
+    second SIGINT raises ``KeyboardInterrupt`` at once, unless it comes within ``repeat_window`` seconds of the first:
+    torchrun passes the SIGINT it got from the terminal on to its workers, which got the same Ctrl-C from the
+    terminal already. Installed only in the main thread; the previous handlers come back on exit. ``announce``: print
+    one line when asked (rank 0 of a distributed run)."""
 
-    def __init__(self, enabled: bool):
+    def __init__(self, enabled: bool = True, *, announce: bool = True, repeat_window: float = 1.0):
         self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.announce, self.repeat_window = announce, repeat_window
         self.signum: int | None = None
+        self._asked_at = 0.0
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> _StopRequest:
@@ -83,14 +90,17 @@ class _StopRequest:
         self._previous.clear()
 
     def _handle(self, signum: int, _frame: Any) -> None:
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
-        print(
-            f"\ndeps train: {signal.Signals(signum).name}: stopping after this step with a checkpoint "
-            "(Ctrl-C again stops at once, without one)",
-            file=sys.stderr,
-        )
+        if self.signum is not None:
+            if signum == signal.SIGINT and time.monotonic() - self._asked_at > self.repeat_window:
+                raise KeyboardInterrupt
+            return
+        self.signum, self._asked_at = signum, time.monotonic()
+        if self.announce:
+            print(
+                f"\ndeps train: {signal.Signals(signum).name}: stopping after this step with a checkpoint "
+                "(Ctrl-C again stops at once, without one)",
+                file=sys.stderr,
+            )
 
 
 class Loader(Protocol):
@@ -248,6 +258,8 @@ class Trainer:
         self.teacher: FrozenTeacher | None = None
         self.reorganized: list[str] = []
         self.epoch, self.step = 0, 0
+        self._stop: _StopRequest | None = None  # fit's signal handlers
+        self._stop_agreed: int | None = None  # the signal any rank got by the last step's reduction (distributed)
         self.epoch_stats: dict[str, float] = defaultdict(float)
         self.cost: dict[str, dict[str, float]] = {"seconds": {}, "steps": {}, "term_steps": {}, "data_wait": {}}
         self.history: list[dict[str, Any]] = []
@@ -325,16 +337,26 @@ class Trainer:
                 target = y.argmax(1) if y.ndim == 2 else y
                 correct += (result.full_logits.argmax(1) == target).sum()
         term_losses = torch.stack(losses).mean(0)
-        values = torch.cat([term_losses, correct.view(1).float()]).tolist()  # the step's one host sync
-        term_values, n_correct = values[:-1], values[-1]
-        bad = [i for i, v in enumerate(term_values) if not math.isfinite(v)]
+        n = len(plan.terms)
+        sync = torch.cat([term_losses, correct.view(1).float()])
+        if self.ctx.distributed:
+            sync = torch.cat([sync, self._agree(term_losses)])
+        values = sync.tolist()  # the step's one host sync
+        term_values, n_correct = values[:n], values[n]
+        bad = [(self.ctx.rank, i) for i, v in enumerate(term_values) if not math.isfinite(v)]
+        if self.ctx.distributed:
+            flags = values[n + 1 :]
+            self._stop_agreed = int(flags[-1]) or None
+            bad = bad or [(r, int(f) - 1) for r, f in enumerate(flags[:-1]) if f > 0]
         if bad:
-            t = plan.terms[bad[0]]
+            rank, i = bad[0]
+            t = plan.terms[i]
+            value = f" {term_values[i]}" if rank == self.ctx.rank else ""
             where = f"epoch {self.epoch} step {self.step} (global step {self.global_step})"
+            where += f" on rank {rank}" if self.ctx.distributed else ""
             last = f"; the last good checkpoint is {self.checkpoint_dir / 'last.pt'}" if self.checkpoint_dir else ""
             raise NonFiniteLoss(
-                f"non-finite loss {term_values[bad[0]]} at {where}, term {bad[0]} ({t.role}, loss {t.loss}) "
-                f"on arch {t.arch}{last}"
+                f"non-finite loss{value} at {where}, term {i} ({t.role}, loss {t.loss}) on arch {t.arch}{last}"
             )
         self.ctx.all_reduce_sum_(self.accumulator.flat)
         self.accumulator.flat.mul_(1.0 / (micro * self.ctx.world_size))
@@ -364,6 +386,30 @@ class Trainer:
             stats["full_correct"] += n_correct
             stats["full_seen"] += images.shape[0]
         return record | {"_terms": len(plan.terms)}
+
+    def _agree(self, term_losses: Tensor) -> Tensor:
+        """What every rank must know before the gradient all-reduce, reduced with MAX: per rank, 1 + the index of its
+        first non-finite term loss (0: none); last, the signal that asked this or any rank to stop (0: none)."""
+        n = len(term_losses)
+        index = torch.arange(1, n + 1, device=term_losses.device, dtype=torch.float32)
+        first = torch.where(torch.isfinite(term_losses), n + 1, index).min()
+        flags = torch.zeros(self.ctx.world_size + 1, device=term_losses.device)
+        flags[self.ctx.rank] = torch.where(first <= n, first, 0)
+        flags[-1] = self._local_stop() or 0
+        return self.ctx.all_reduce_max_(flags)
+
+    def _local_stop(self) -> int | None:
+        return self._stop.signum if self._stop is not None else None
+
+    def _stop_signal(self, *, reduce: bool) -> int | None:
+        """The signal that asked the run to stop, if any: this process's own in a single process; in a distributed
+        run the one all ranks agreed on, by the last step's reduction or (``reduce``) by a reduction now."""
+        if not self.ctx.distributed:
+            return self._local_stop()
+        if reduce:
+            flag = torch.tensor([float(self._local_stop() or 0)], device=self.device)
+            self._stop_agreed = int(self.ctx.all_reduce_max_(flag).item()) or None
+        return self._stop_agreed
 
     @staticmethod
     def _micro_batch(images: Tensor, labels: Tensor, m: int, micro: int) -> tuple[Tensor, Tensor]:
@@ -399,11 +445,23 @@ class Trainer:
             unit="step",
             dynamic_ncols=True,
         )
-        stop = _StopRequest(enabled=not self.ctx.distributed)
-        with stop, contextlib.closing(bar):
-            while self.epoch < self.total_epochs:
-                if stop.signum is not None:  # asked during the last step of an epoch: the epoch's checkpoint is saved
-                    self._stopped(stop.signum)
+        self._stop = _StopRequest(announce=self.ctx.is_main)
+        try:
+            self._loop(bar)
+        finally:
+            self._stop = None
+        return self.summary()
+
+    def _loop(self, bar: Any) -> None:
+        run = self.config.run
+        with self._stop, contextlib.closing(bar):
+            while True:
+                # asked during the last step of an epoch (or the run): the epoch's checkpoint is saved
+                signum = self._stop_signal(reduce=True)
+                if signum is not None:
+                    self._stopped(signum)
+                if self.epoch >= self.total_epochs:
+                    break
                 epoch_start = time.perf_counter()
                 batches = self.train_loader.epoch(self.epoch, start_step=self.step)
                 try:
@@ -429,21 +487,22 @@ class Trainer:
                             eps=f"{record['epsilon']:.3g}",
                             loss=f"{next(iter(record['losses'].values())):.3f}",
                         )
+                        signum = self._stop_signal(reduce=False)
                         if self.step < self.steps_per_epoch and (
-                            self.global_step % run.checkpoint_every == 0 or stop.signum is not None
+                            self.global_step % run.checkpoint_every == 0 or signum is not None
                         ):
                             self.save()
-                            if stop.signum is not None:
-                                self._stopped(stop.signum)
+                            if signum is not None:
+                                self._stopped(signum)
                         waited = time.perf_counter()
                 finally:
                     close = getattr(batches, "close", None)
                     if close is not None:
                         close()
                 self._end_epoch(time.perf_counter() - epoch_start)
-        return self.summary()
 
     def _stopped(self, signum: int) -> None:
+        self.ctx.barrier()  # no rank leaves (and no launcher tears the others down) before rank 0 saved
         where = f"stopped by {signal.Signals(signum).name} at epoch {self.epoch}, step {self.step}"
         if self.checkpoint_dir is None:
             raise TrainingStopped(f"{where} (no out_dir: nothing saved)", signum)
@@ -530,10 +589,18 @@ class Trainer:
         }
 
     # --- checkpoints -------------------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
+    def _rng_state(self) -> dict[str, Tensor]:
         rng = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return rng
+
+    def state_dict(self, rank_rngs: list[dict[str, Tensor]] | None = None) -> dict[str, Any]:
+        """Everything a resume needs. ``rank_rngs``: every rank's RNG state in rank order (what :meth:`save` gathers);
+        stored as ``rng["ranks"]`` next to this process's own."""
+        rng = self._rng_state()
+        if rank_rngs is not None:
+            rng["ranks"] = rank_rngs
         return {
             "config": self.config.to_dict(),
             "num_classes": self.num_classes,
@@ -549,10 +616,12 @@ class Trainer:
         }
 
     def save(self) -> Path | None:
+        """Rank 0 writes ``checkpoints/last.pt``; a collective (every rank's RNG state): all ranks call it."""
+        rngs = self.ctx.gather_object(self._rng_state()) if self.ctx.distributed else None
         if not self.ctx.is_main or self.checkpoint_dir is None:
             return None
         summary = {"epoch": self.epoch, "step": self.step, "global_step": self.global_step}
-        return save_checkpoint(self.state_dict(), self.checkpoint_dir, summary=summary)
+        return save_checkpoint(self.state_dict(rngs), self.checkpoint_dir, summary=summary)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["progress"]["steps_per_epoch"] != self.steps_per_epoch:
@@ -563,9 +632,11 @@ class Trainer:
         self.supernet.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.step = state["progress"]["epoch"], state["progress"]["step"]
-        torch.set_rng_state(state["rng"]["torch"])
-        if "cuda" in state["rng"] and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        ranks = state["rng"].get("ranks") or [state["rng"]]  # each rank its own; from another world size, rank 0's
+        rng = ranks[self.ctx.rank] if len(ranks) == self.ctx.world_size else ranks[0]
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
         self.reorganized = list(state["strategy_state"]["reorganized"])
         if state["teacher"] is not None:
             self.teacher = FrozenTeacher(self.supernet)

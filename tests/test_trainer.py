@@ -1,5 +1,5 @@
-"""The trainer end to end through FFCV: outputs, exact resume after SIGKILL and Ctrl-C, 2-process gloo, NaN and bad
-checkpoints.
+"""The trainer end to end through FFCV: outputs, exact resume after SIGKILL and Ctrl-C (one process, and two under
+torchrun), 2-process gloo, NaN (on every rank, or one) and bad checkpoints.
 
 The runs are real ``deps train`` processes on a tiny synthetic dataset (built once into a temporary cache).
 """
@@ -31,7 +31,7 @@ from deps_core.config import (
 from deps_core.distributed import DistContext
 from deps_core.schedules import Progress
 from deps_core.spaces import space_spec
-from deps_core.trainer import Trainer, TrainingStopped, build_strategy
+from deps_core.trainer import Trainer, TrainingStopped, _StopRequest, build_strategy
 
 TINY = [
     "model.width_mult=0.25",
@@ -334,6 +334,25 @@ def test_a_signal_stops_the_loop_at_the_next_step_boundary_with_its_checkpoint(t
             signal.signal(s, handler)
 
 
+def test_a_second_ctrl_c_stops_at_once_unless_it_is_a_launchers_copy_of_the_first():
+    before = {s: signal.signal(s, signal.default_int_handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        stop = _StopRequest(announce=False, repeat_window=0.5)
+        with stop:
+            signal.raise_signal(signal.SIGTERM)
+            assert stop.signum == signal.SIGTERM
+            signal.raise_signal(signal.SIGTERM)  # a scheduler's repeat: still the same request
+            signal.raise_signal(signal.SIGINT)  # within the window: torchrun passing the terminal's Ctrl-C on
+            assert stop.signum == signal.SIGTERM
+            time.sleep(0.6)
+            with pytest.raises(KeyboardInterrupt):
+                signal.raise_signal(signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
 def test_resume_after_sigkill_is_bit_identical(full_run, env, tmp_path):
     full, _ = full_run
     out = tmp_path / "killed"
@@ -397,6 +416,70 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(env, tm
     assert worst <= 1e-5, worst
     moved = max((a[k] - b[k]).abs().max().item() for k in a if k.endswith("running_mean"))
     assert moved > 0  # BN statistics are per rank (each saw half the batch): only the weights must agree
+
+
+def _torchrun(*args: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
+
+
+@pytest.mark.parametrize("mode", ["nan", "sigterm"])
+def test_every_rank_stops_after_the_same_step_when_one_rank_meets_a_nan_or_a_signal(env, tmp_path, mode):
+    worker = Path(__file__).with_name("_two_ranks.py")  # rank 1 alone meets it, in step 1 of 4
+    proc = _run(_torchrun(str(worker), mode, str(tmp_path)), env | {"TMPDIR": str(tmp_path)}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    if mode == "nan":  # rank 0's own loss is finite: it learns of rank 1's from the step's reduction, not a hang
+        assert r0["raised"] == r1["raised"] == "NonFiniteLoss"
+        assert r0["message"].startswith("non-finite loss at epoch 0 step 1 (global step 1) on rank 1, term 0 (full")
+        assert r1["message"].startswith("non-finite loss nan at epoch 0 step 1 (global step 1) on rank 1, term 0 (")
+        assert r0["position"] == r1["position"] == [0, 1]  # no update was made with it
+    else:
+        assert r0["raised"] == r1["raised"] == "TrainingStopped"
+        assert r0["message"].startswith("stopped by SIGTERM at epoch 0, step 2, saved in ")
+        assert r0["position"] == r1["position"] == [0, 2]
+        state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+        assert (state["progress"]["epoch"], state["progress"]["step"]) == (0, 2)
+        assert len(state["rng"]["ranks"]) == 2 and not torch.equal(*(r["torch"] for r in state["rng"]["ranks"]))
+
+
+def test_ctrl_c_under_torchrun_stops_both_ranks_with_a_checkpoint_and_the_resume_is_bit_identical(env, tmp_path):
+    # dropout on: the ranks draw different masks, so the resume must give each rank its own RNG state back
+    common = [*TINY, "method.epochs=2", "model.dropout=0.2", "run.eval_archs=0", "run.device=cpu"]
+    common += ["run.checkpoint_every=1000"]  # within an epoch, only the stop saves
+    env = env | {"TMPDIR": str(tmp_path)}
+    full, out = tmp_path / "full", tmp_path / "interrupted"
+    done = _run(_torchrun("-m", "deps_core.cli", "train", *common, f"run.out_dir={full}"), env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    proc = subprocess.Popen(
+        _torchrun("-m", "deps_core.cli", "train", *common, f"run.out_dir={out}"),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job: launcher and both ranks
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    log = out / "steps.jsonl"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        steps = log.read_text().splitlines() if log.exists() else []
+        if len(steps) >= 14:  # mid-epoch 1, in the shrinking phase
+            # Ctrl-C reaches torchrun and both ranks; torchrun then sends each rank a SIGINT of its own
+            os.killpg(proc.pid, signal.SIGINT)
+            break
+        time.sleep(0.02)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0, err[-3000:]
+    stopped = [line for line in err.splitlines() if line.startswith("deps train: stopped by SIGINT at epoch ")]
+    assert len(stopped) == 1 and f"--resume {out}" in stopped[0], err[-3000:]  # rank 0 says it, once
+    assert "deps train: interrupted" not in err, err[-3000:]  # no rank took torchrun's SIGINT for a second Ctrl-C
+    position = json.loads((out / "checkpoints" / "last.json").read_text())
+    logged = [json.loads(line)["global_step"] for line in log.read_text().splitlines()]
+    assert position["global_step"] == logged[-1] + 1 and position["step"] > 0
+    resumed = _run(_torchrun("-m", "deps_core.cli", "train", "--resume", str(out)), env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = _model(full), _model(out)
+    assert all(torch.equal(a[k], b[k]) for k in a), f"the resume from {position} differs"
 
 
 def test_nan_loss_stops_naming_step_term_and_arch_and_keeps_the_checkpoint(env, tmp_path):
