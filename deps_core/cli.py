@@ -476,68 +476,76 @@ def _cmd_search(args: argparse.Namespace) -> int:
         path=args.latency_table or out / "latency_table.json",
         threads=args.latency_threads,
     )
-    for b in budgets:
-        if b.latency_ms is not None:
-            check_budget(spec, b, resolutions=resolutions, num_classes=classes, latency_table=table)
-    heldout_images = args.heldout_images or min(2000, config.data.holdout or 2000)
-    calib, heldout, data_classes = search_splits(config, ctx.device, heldout_images=heldout_images)
-    if not config.data.holdout:
-        print(
-            f"note: the run held out no training images (data.holdout=0): the {heldout.num_images} held-out images "
-            "were trained on, so the accuracies are optimistic",
-            file=sys.stderr,
-        )
-    if data_classes != classes:
-        raise ValueError(f"the data has {data_classes} classes, the checkpoint's supernet {classes}")
-    evaluator = EvalAccuracy(net, calib, heldout, amp=ctx.device.type == "cuda", progress=args.accuracy == "predictor")
-    out.mkdir(parents=True, exist_ok=True)
-    summary: dict = {"checkpoint": str(ckpt), "accuracy": args.accuracy, "resolutions": resolutions}
-    summary |= {"heldout_images": heldout.num_images, "heldout_trained": not config.data.holdout}
-    summary |= {"calib_images": calib.num_images, "evolution": attrs.asdict(evo)}
-    if args.accuracy == "predictor":
-        if predictor is None:
-            g = torch.Generator().manual_seed(args.seed + 1)
-            archs = [net.max_arch(r) for r in resolutions] + [net.min_arch(r) for r in resolutions]
-            archs += [uniform_arch(spec, g, resolutions=resolutions) for _ in range(args.predictor_archs)]
-            archs = list(dict.fromkeys(archs))
-            accs = evaluator(archs)
-            predictor, report = fit_predictor(
-                archs, accs, ArchEncoder.for_space(spec, resolutions), generator=g, progress=True
-            )
-            predictor.save(out / "predictor.pt", report=report)
-            data_path = out / "predictor_data.json"
-            data_path.write_text(json.dumps([{"arch": a.to_dict(), "top1": v} for a, v in zip(archs, accs)]) + "\n")
+    known = len(table)
+    try:  # new latency measurements are kept whatever ends the search (Ctrl-C, an error): they take minutes
+        for b in budgets:
+            if b.latency_ms is not None:
+                check_budget(spec, b, resolutions=resolutions, num_classes=classes, latency_table=table)
+        heldout_images = args.heldout_images or min(2000, config.data.holdout or 2000)
+        calib, heldout, data_classes = search_splits(config, ctx.device, heldout_images=heldout_images)
+        if not config.data.holdout:
             print(
-                f"accuracy predictor on {report['n_train']} + {report['n_val']} evaluated archs: validation RMSE "
-                f"{100 * report['val_rmse']:.2f} points (constant mean: {100 * report['baseline_val_rmse']:.2f}); "
-                f"wrote {out / 'predictor.pt'}",
+                f"note: the run held out no training images (data.holdout=0): the {heldout.num_images} held-out images "
+                "were trained on, so the accuracies are optimistic",
                 file=sys.stderr,
             )
-        summary["predictor"] = getattr(predictor, "report", {})
-        accuracy = PredictorAccuracy(predictor)
-    else:
-        accuracy = evaluator
-    results, rows = [], []
-    for i, budget in enumerate(budgets):
-        g = torch.Generator().manual_seed(args.seed + 1000 * (i + 1))
-        r = evolution_search(
-            spec,
-            accuracy,
-            budget,
-            generator=g,
-            config=evo,
-            resolutions=resolutions,
-            num_classes=classes,
-            latency_table=table,
-            progress=True,
+        if data_classes != classes:
+            raise ValueError(f"the data has {data_classes} classes, the checkpoint's supernet {classes}")
+        evaluator = EvalAccuracy(
+            net, calib, heldout, amp=ctx.device.type == "cuda", progress=args.accuracy == "predictor"
         )
-        heldout_top1 = evaluator([r.arch])[0]
-        path = out / f"arch_{budget.label}.json"
-        path.write_text(json.dumps(r.arch.to_dict(), indent=1) + "\n")
-        results.append(r.to_dict() | {"heldout_top1": heldout_top1, "arch_file": str(path)})
-        top1 = [f"{100 * r.accuracy:.2f}"] + ([f"{100 * heldout_top1:.2f}"] if args.accuracy == "predictor" else [])
-        rows.append([str(budget), f"{r.macs / 1e6:.2f}", f"{r.latency_ms:.3f}", *top1, str(r.evaluated), str(r.arch)])
-    table.save()
+        out.mkdir(parents=True, exist_ok=True)
+        summary: dict = {"checkpoint": str(ckpt), "accuracy": args.accuracy, "resolutions": resolutions}
+        summary |= {"heldout_images": heldout.num_images, "heldout_trained": not config.data.holdout}
+        summary |= {"calib_images": calib.num_images, "evolution": attrs.asdict(evo)}
+        if args.accuracy == "predictor":
+            if predictor is None:
+                g = torch.Generator().manual_seed(args.seed + 1)
+                archs = [net.max_arch(r) for r in resolutions] + [net.min_arch(r) for r in resolutions]
+                archs += [uniform_arch(spec, g, resolutions=resolutions) for _ in range(args.predictor_archs)]
+                archs = list(dict.fromkeys(archs))
+                accs = evaluator(archs)
+                predictor, report = fit_predictor(
+                    archs, accs, ArchEncoder.for_space(spec, resolutions), generator=g, progress=True
+                )
+                predictor.save(out / "predictor.pt", report=report)
+                data_path = out / "predictor_data.json"
+                data_path.write_text(json.dumps([{"arch": a.to_dict(), "top1": v} for a, v in zip(archs, accs)]) + "\n")
+                print(
+                    f"accuracy predictor on {report['n_train']} + {report['n_val']} evaluated archs: validation RMSE "
+                    f"{100 * report['val_rmse']:.2f} points (constant mean: {100 * report['baseline_val_rmse']:.2f}); "
+                    f"wrote {out / 'predictor.pt'}",
+                    file=sys.stderr,
+                )
+            summary["predictor"] = getattr(predictor, "report", {})
+            accuracy = PredictorAccuracy(predictor)
+        else:
+            accuracy = evaluator
+        results, rows = [], []
+        for i, budget in enumerate(budgets):
+            g = torch.Generator().manual_seed(args.seed + 1000 * (i + 1))
+            r = evolution_search(
+                spec,
+                accuracy,
+                budget,
+                generator=g,
+                config=evo,
+                resolutions=resolutions,
+                num_classes=classes,
+                latency_table=table,
+                progress=True,
+            )
+            heldout_top1 = evaluator([r.arch])[0]
+            path = out / f"arch_{budget.label}.json"
+            path.write_text(json.dumps(r.arch.to_dict(), indent=1) + "\n")
+            results.append(r.to_dict() | {"heldout_top1": heldout_top1, "arch_file": str(path)})
+            top1 = [f"{100 * r.accuracy:.2f}"] + ([f"{100 * heldout_top1:.2f}"] if args.accuracy == "predictor" else [])
+            rows.append(
+                [str(budget), f"{r.macs / 1e6:.2f}", f"{r.latency_ms:.3f}", *top1, str(r.evaluated), str(r.arch)]
+            )
+    finally:
+        if len(table) > known:
+            table.save()
     top1 = ["predicted top-1 %", "held-out top-1 %"] if args.accuracy == "predictor" else ["held-out top-1 %"]
     print(_table(rows, ["budget", "MMACs", "latency ms", *top1, "archs scored", "arch"]))
     print(f"latency: predicted from {table.path} ({table.meta['device']}, batch {table.batch_size})")

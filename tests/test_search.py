@@ -476,6 +476,15 @@ def test_budget_below_the_smallest_subnet_names_its_macs_in_the_cli(tiny_run, ca
     assert f"below the smallest subnet's {least / 1e6:.2f}M MACs" in err and str(net.min_arch()) in err
 
 
+def test_a_latency_budget_below_the_smallest_subnet_keeps_the_latencies_it_measured(tiny_run, capsys, tmp_path):
+    fast = ["--latency-warmup", "1", "--latency-repeats", "3", "--out", str(tmp_path)]
+    err = _main_error(capsys, ["search", "--checkpoint", str(tiny_run), "--latency", "1us", *fast])
+    assert "latency budget 0.001 ms is below the smallest subnet's predicted" in err
+    net, _ = supernet_from_checkpoint(tiny_run)
+    saved = json.loads((tmp_path / "latency_table.json").read_text())["entries_ms"]
+    assert set(saved) == {str(k) for k in block_keys(net.spec, net.min_arch(), net.num_classes)}  # for the next run
+
+
 def test_a_predictor_of_another_space_is_refused(tiny_run, capsys, tmp_path):
     spec = space_spec("ofa_mbv3_w1.0")
     archs = [uniform_arch(spec, torch.Generator().manual_seed(i)) for i in range(4)]
