@@ -84,7 +84,13 @@ def _cmd_spaces(args: argparse.Namespace) -> int:
 
 def _resolve_config(args: argparse.Namespace):
     from deps_core.checkpoint import load_checkpoint
-    from deps_core.config import ExperimentConfig, apply_overrides, load_config_file, load_preset
+    from deps_core.config import (
+        ExperimentConfig,
+        apply_overrides,
+        check_config_file_methods,
+        load_config_file,
+        load_preset,
+    )
 
     if args.resume is not None:
         if args.preset or args.config or args.overrides:
@@ -95,9 +101,10 @@ def _resolve_config(args: argparse.Namespace):
             config = apply_overrides(config, [f"run.out_dir={args.resume}"])
         return config
     config = load_preset(args.preset or "default")
-    if args.config:
-        config = config.merged(load_config_file(args.config))
-    return apply_overrides(config, args.overrides)
+    data = load_config_file(args.config) if args.config else {}
+    config = apply_overrides(config.merged(data), args.overrides)
+    check_config_file_methods(config, data, args.config)
+    return config
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

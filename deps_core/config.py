@@ -32,6 +32,7 @@ __all__ = [
     "load_preset",
     "METHODS",
     "METHOD_FIELDS",
+    "check_config_file_methods",
     "DATA_SOURCES",
     "EVAL_SAMPLERS",
 ]
@@ -368,14 +369,28 @@ def apply_overrides(config: ExperimentConfig, items: list[str]) -> ExperimentCon
             annotation = _type_name(annotation)
         nested.setdefault(section, {})[field] = _parse(text, annotation, key)
     merged = config.merged(nested)
-    name = merged.method.name
-    for field in nested.get("method", {}):
-        if field != "name" and field not in METHOD_FIELDS[name]:
-            raise ValueError(
-                f"method.{field} does not apply to method {name!r}, which reads "
-                + ", ".join(f"method.{f}" for f in METHOD_FIELDS[name])
-            )
+    _refuse_unread(merged.method, {field: f"method.{field}" for field in nested.get("method", {})})
     return merged
+
+
+def _refuse_unread(method: MethodConfig, fields: dict[str, str]) -> None:
+    """``ValueError`` for the first of ``fields`` (name: how the message names it) that the method does not read."""
+    reads = METHOD_FIELDS[method.name]
+    for field, label in fields.items():
+        if field != "name" and field not in reads:
+            raise ValueError(
+                f"{label} does not apply to method {method.name!r}, which reads "
+                + ", ".join(f"method.{f}" for f in reads)
+            )
+
+
+def check_config_file_methods(config: ExperimentConfig, data: dict[str, Any], path: str | Path) -> None:
+    """``ValueError`` when the config file ``data`` (what :func:`load_config_file` read from ``path``) sets a
+    ``method.*`` field that ``config``'s method does not read to anything but its default. A ``--dry-run`` dump holds
+    every field, at the defaults where its method does not read them, so it loads back."""
+    default = MethodConfig()
+    changed = [f for f in data.get("method") or {} if getattr(config.method, f) != getattr(default, f)]
+    _refuse_unread(config.method, {f: f"method.{f}={getattr(config.method, f)!r} in {path}" for f in changed})
 
 
 def _type_name(tp: Any) -> str:  # pragma: no cover - annotations are strings under `from __future__ import annotations`

@@ -208,6 +208,27 @@ def test_data_paths_the_synthetic_source_would_ignore_are_refused():
     assert (beton.data.train, beton.data.val) == ("t.beton", "v.beton")
 
 
+def test_a_config_file_setting_a_method_field_the_method_ignores_is_refused_but_a_dump_loads_back(tmp_path, capsys):
+    from deps_core.cli import main
+
+    def dry_run(*args: str) -> tuple[int, str, str]:
+        code = main(["train", *args, "--dry-run"])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    edited = tmp_path / "ofa_longer.json"
+    edited.write_text(json.dumps({"method": {"name": "ofa", "epochs": 100}}))  # OFA's length is method.phases
+    code, _, err = dry_run("--config", str(edited))
+    assert code == 2 and f"method.epochs=100 in {edited} does not apply to method 'ofa', which reads" in err, err
+    code, dump, _ = dry_run("--preset", "ofa-mbv3-imagenet")  # every field, the unread ones at their defaults
+    (tmp_path / "ofa.json").write_text(dump)
+    code, out, err = dry_run("--config", str(tmp_path / "ofa.json"))
+    assert code == 0 and ExperimentConfig.from_dict(json.loads(out)) == load_preset("ofa-mbv3-imagenet"), err
+    (tmp_path / "name.json").write_text(json.dumps({"method": {"name": "ofa"}}))  # the preset's DεpS epochs stay
+    code, out, err = dry_run("--config", str(tmp_path / "name.json"))
+    assert code == 0 and json.loads(out)["method"]["epochs"] == load_preset("default").method.epochs, err
+
+
 def test_dry_run_prints_the_resolved_config(env, tmp_path):
     override = tmp_path / "o.json"
     override.write_text(json.dumps({"optim": {"lr": 0.3}}))
