@@ -296,8 +296,8 @@ def _checkpoint_file(text: str) -> Path:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     """Recalibrate BN and evaluate subnets of a trained supernet: Pareto table, subnets.json, report and plot."""
-    from deps_core.checkpoint import load_checkpoint, supernet_from_checkpoint
-    from deps_core.config import ExperimentConfig, apply_overrides
+    from deps_core.checkpoint import supernet_from_checkpoint
+    from deps_core.config import apply_overrides
     from deps_core.data import build_data
     from deps_core.distributed import DistContext
     from deps_core.evaluate import (
@@ -312,11 +312,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         save_results,
     )
 
-    ckpt = Path(args.checkpoint)
-    ckpt = ckpt / "checkpoints" / "last.pt" if ckpt.is_dir() else ckpt
+    ckpt = _checkpoint_file(args.checkpoint)
     overrides = _checkpoint_overrides(args.overrides, ("device", "calib_images", "calib_batch", "seed", "progress"))
-    config = apply_overrides(ExperimentConfig.from_dict(load_checkpoint(ckpt)["config"]), overrides)
-    net, _ = supernet_from_checkpoint(ckpt)
+    net, config = supernet_from_checkpoint(ckpt)  # reads the file once
+    config = apply_overrides(config, overrides)
     g = torch.Generator().manual_seed(args.seed)
     archs = [_arch_arg(a, net) for a in args.arch] or (  # bad archs stop before anything is set up or read
         eval_archs(net, g, args.archs, sampler=args.sampler, n_buckets=args.buckets)
@@ -364,8 +363,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from deps_core.evaluate import CachedBatches, calibrate_bn
     from deps_core.export import export_static
 
-    ckpt = Path(args.checkpoint)
-    ckpt = ckpt / "checkpoints" / "last.pt" if ckpt.is_dir() else ckpt
+    ckpt = _checkpoint_file(args.checkpoint)
     overrides = _checkpoint_overrides(args.overrides, ("calib_images", "calib_batch", "seed", "progress"))
     if args.no_calibrate and overrides:
         raise ValueError(f"--no-calibrate reads no data, so the overrides {overrides} would have no effect")
