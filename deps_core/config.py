@@ -274,6 +274,13 @@ class ExperimentConfig:
     method: MethodConfig = attrs.Factory(MethodConfig)
     run: RunConfig = attrs.Factory(RunConfig)
 
+    def __attrs_post_init__(self) -> None:
+        if self.data.batch_size % self.run.grad_accum:
+            raise ValueError(
+                f"data.batch_size={self.data.batch_size} does not split into run.grad_accum={self.run.grad_accum} "
+                "equal micro-batches"
+            )
+
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {name: _jsonable(attrs.asdict(getattr(self, name))) for name in _SECTIONS}
 

@@ -78,8 +78,9 @@ def build_data(config: ExperimentConfig, ctx: DistContext) -> RunData:
     import deps_loaders as L
 
     d, run = config.data, config.run
-    if d.batch_size % ctx.world_size:
-        raise ValueError(f"data.batch_size={d.batch_size} is not divisible by the {ctx.world_size} processes")
+    if d.batch_size % (ctx.world_size * run.grad_accum):
+        parts = f" × run.grad_accum={run.grad_accum} micro-batches" if run.grad_accum > 1 else ""
+        raise ValueError(f"data.batch_size={d.batch_size} is not divisible by the {ctx.world_size} processes{parts}")
     if d.source == "synthetic":
         train_path, val_path = _synthetic_paths(config, ctx)
     else:

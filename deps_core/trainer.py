@@ -307,6 +307,10 @@ class Trainer:
             images = images.contiguous(memory_format=torch.channels_last)
         self.accumulator.zero_()
         micro = self.config.run.grad_accum
+        if images.shape[0] % micro:
+            raise ValueError(
+                f"a batch of {images.shape[0]} images does not split into run.grad_accum={micro} equal micro-batches"
+            )
         losses, correct = [], torch.zeros((), device=self.device)
         for m in range(micro):
             x, y = self._micro_batch(images, labels, m, micro)

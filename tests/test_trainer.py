@@ -144,6 +144,7 @@ def test_method_fields_name_exactly_what_each_strategy_reads_and_the_rest_is_ref
         (["method.name=sgd"], "method.name must be one of"),
         (["run.eval_sampler=random"], "eval_sampler must be one of ['buckets', 'uniform']"),
         (["data.batch_size=0"], "data.batch_size must be a finite number >= 1"),
+        (["run.grad_accum=3"], "data.batch_size=64 does not split into run.grad_accum=3 equal micro-batches"),
         (["data.train=/x.beton"], "data.train=/x.beton would be ignored because data.source is 'synthetic'"),
         (["run.out_dir=/dev/null"], "run.out_dir /dev/null is a file, not a directory"),
         (["data.holdout=4500"], "data.holdout=4500 holds out all 4500 synthetic training images"),
@@ -194,6 +195,19 @@ def test_choices_outside_the_space_are_refused_with_the_config_not_at_training(i
     with pytest.raises(ValueError, match=rf"^{message}"):
         apply_overrides(load_preset("default"), [item])
     assert apply_overrides(load_preset("default"), ["model.ks_choices=3,7"]).model.ks_choices == (3, 7)
+
+
+def test_a_batch_that_does_not_split_into_equal_micro_batches_is_refused_before_any_step():
+    from deps_core.data import build_data
+
+    config = apply_overrides(load_preset("default"), ["run.grad_accum=32"])  # one process: 2 images per micro-batch
+    with pytest.raises(ValueError, match=r"^data.batch_size=64 is not divisible by the 4 processes × run.grad_accum"):
+        build_data(config, DistContext(world_size=4))  # a rank's 16 images in 32 micro-batches: empty ones, NaN
+    config = apply_overrides(load_preset("default"), ["model.width_mult=0.25", "data.batch_size=8", "run.grad_accum=4"])
+    g = torch.Generator().manual_seed(0)
+    trainer = Trainer(config, [(torch.randn(6, 3, 8, 8, generator=g), torch.arange(6))], num_classes=10)
+    with pytest.raises(ValueError, match=r"^a batch of 6 images does not split into run.grad_accum=4 equal micro"):
+        trainer.train_step(torch.randn(6, 3, 8, 8, generator=g), torch.arange(6))  # a library user's loader
 
 
 def test_data_paths_the_synthetic_source_would_ignore_are_refused():
