@@ -82,6 +82,20 @@ def _cmd_spaces(args: argparse.Namespace) -> int:
     return 0
 
 
+# what --resume may change: where the data lives and how it is read, the device and how the step runs on it, logging,
+# checkpoints and the final evaluation; run.grad_accum only so that processes × micro-batches stays as it was (with
+# fewer GPUs, more micro-batches: the same arithmetic)
+_RESUME_KEYS = (
+    *(f"data.{f}" for f in ("train", "val", "num_workers", "val_batch_size")),
+    *(
+        f"run.{f}"
+        for f in ("device", "grad_accum", "amp", "channels_last", "dw_backend", "fuse_dw_grad", "fuse_dw_bn_act",
+                  "checkpoint_every", "log_every", "progress", "tensorboard", "wandb", "eval_archs", "eval_buckets",
+                  "eval_sampler", "calib_images", "calib_batch")
+    ),
+)  # fmt: skip
+
+
 def _resolve_config(args: argparse.Namespace):
     from deps_core.checkpoint import load_checkpoint
     from deps_core.config import (
@@ -93,10 +107,17 @@ def _resolve_config(args: argparse.Namespace):
     )
 
     if args.resume is not None:
-        if args.preset or args.config or args.overrides:
-            raise ValueError("--resume continues a run with its own config: drop --preset, --config and key=value")
+        if args.preset or args.config:
+            raise ValueError("--resume continues a run with its own config: drop --preset and --config")
+        for item in args.overrides:
+            key = item.partition("=")[0]
+            if key not in _RESUME_KEYS:
+                raise ValueError(
+                    f"{key} cannot change when a run resumes (it would change what the run trains); --resume takes "
+                    + ", ".join(_RESUME_KEYS)
+                )
         state = load_checkpoint(Path(args.resume) / "checkpoints" / "last.pt")
-        config = ExperimentConfig.from_dict(state["config"])
+        config = apply_overrides(ExperimentConfig.from_dict(state["config"]), args.overrides)
         if Path(config.run.out_dir).resolve() != Path(args.resume).resolve():
             config = apply_overrides(config, [f"run.out_dir={args.resume}"])
         return config
@@ -572,7 +593,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", help="a preset name (see --list-presets); default: the embedded default")
     p.add_argument("--config", help="a JSON file of config overrides (sections model/data/optim/method/run)")
     start = p.add_mutually_exclusive_group()
-    start.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    start.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR from its last checkpoint (key=value: only where and how it goes on, e.g. "
+        "data.train, run.device, run.grad_accum)",
+    )
     start.add_argument("--restart", action="store_true", help="start over even if run.out_dir holds a run")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.add_argument("--list-presets", action="store_true", help="list the presets and exit")

@@ -282,6 +282,11 @@ class Trainer:
         return self.epoch * self.steps_per_epoch + self.step
 
     @property
+    def _batch_splits(self) -> int:
+        """How many parts each global batch is split into (each part's BN uses its own statistics)."""
+        return self.ctx.world_size * self.config.run.grad_accum
+
+    @property
     def checkpoint_dir(self) -> Path | None:
         return self.out_dir / "checkpoints" if self.out_dir is not None else None
 
@@ -610,7 +615,12 @@ class Trainer:
             "num_classes": self.num_classes,
             "model": self.supernet.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "progress": {"epoch": self.epoch, "step": self.step, "steps_per_epoch": self.steps_per_epoch},
+            "progress": {
+                "epoch": self.epoch,
+                "step": self.step,
+                "steps_per_epoch": self.steps_per_epoch,
+                "batch_splits": self._batch_splits,
+            },
             "rng": rng,
             "strategy_state": {"reorganized": list(self.reorganized)},
             "teacher": self.teacher.state_dict() if self.teacher is not None else None,
@@ -632,6 +642,15 @@ class Trainer:
             raise ValueError(
                 f"checkpoint has {state['progress']['steps_per_epoch']} steps per epoch, this loader "
                 f"{self.steps_per_epoch}: resume with the same data, batch size and world size"
+            )
+        splits = state["progress"].get("batch_splits", self._batch_splits)
+        if splits != self._batch_splits:
+            world = self.ctx.world_size
+            fix = f": run.grad_accum={splits // world} here" if splits % world == 0 else ""
+            raise ValueError(
+                f"the checkpoint's run split each batch over processes × run.grad_accum = {splits}, this one over "
+                f"{world} × {self.config.run.grad_accum}: resume with the same product{fix} (BN normalises each part "
+                "on its own, so another split trains another model)"
             )
         self.supernet.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])

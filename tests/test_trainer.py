@@ -285,32 +285,41 @@ def test_rerunning_into_an_existing_run_directory_is_refused(full_run, env):
     assert proc.returncode == 2 and "already holds a run" in proc.stderr
 
 
-def test_ctrl_c_stops_at_a_step_boundary_with_a_checkpoint_and_the_resume_is_bit_identical(full_run, env, tmp_path):
-    full, _ = full_run
-    out = tmp_path / "interrupted"
+def _ctrl_c(cmd: list[str], env: dict, out: Path, after_steps: int, *, group: bool = False) -> tuple[int, str]:
+    """Start ``cmd`` (a ``deps train`` into ``out``, logging every step) as from a terminal and press Ctrl-C once
+    ``steps.jsonl`` holds ``after_steps`` lines: to the process, or (``group``) to its process group, as a terminal
+    does to a launcher and its workers. Returns the exit code and stderr."""
     proc = subprocess.Popen(
-        _train_cmd(*TINY, f"run.out_dir={out}", "run.log_every=1"),
+        cmd,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=group,
         # as from a terminal: a suite started in the background inherits an ignored SIGINT, which deps leaves alone
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     log = out / "steps.jsonl"
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
-        steps = log.read_text().splitlines() if log.exists() else []
-        if len(steps) >= 14:  # into the shrinking phase, between two periodic checkpoints (every 3 steps)
-            proc.send_signal(signal.SIGINT)
+        if log.exists() and len(log.read_text().splitlines()) >= after_steps:
+            os.killpg(proc.pid, signal.SIGINT) if group else proc.send_signal(signal.SIGINT)
             break
         time.sleep(0.02)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err[-3000:]
+    return proc.returncode, err
+
+
+def test_ctrl_c_stops_at_a_step_boundary_with_a_checkpoint_and_the_resume_is_bit_identical(full_run, env, tmp_path):
+    full, _ = full_run
+    out = tmp_path / "interrupted"
+    # into the shrinking phase, between two periodic checkpoints (every 3 steps)
+    code, err = _ctrl_c(_train_cmd(*TINY, f"run.out_dir={out}", "run.log_every=1"), env, out, 14)
+    assert code == 130, err[-3000:]
     message = err.strip().splitlines()[-1]
     assert message.startswith("deps train: stopped by SIGINT at epoch ") and f"--resume {out}" in message, message
     position = json.loads((out / "checkpoints" / "last.json").read_text())
-    done = [json.loads(line)["global_step"] for line in log.read_text().splitlines()]
+    done = [json.loads(line)["global_step"] for line in (out / "steps.jsonl").read_text().splitlines()]
     assert position["global_step"] == done[-1] + 1  # the checkpoint holds every step that ran, not the last periodic
     resumed = _run(_train_cmd("--resume", str(out)), env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -426,31 +435,37 @@ def test_resume_after_sigkill_is_bit_identical(full_run, env, tmp_path):
     assert steps == list(range(len(steps)))  # the log continues without duplicates
 
 
-def test_two_gloo_processes_match_one_process_with_the_same_global_batch(env, tmp_path):
-    one, two = tmp_path / "one", tmp_path / "two"
+def test_two_gloo_processes_match_one_process_with_the_same_global_batch_and_a_run_moves_between_them(env, tmp_path):
+    one, two, moved = tmp_path / "one", tmp_path / "two", tmp_path / "moved"
     common = [*TINY, "method.epochs=2", "run.eval_archs=0", "run.device=cpu"]
+    env = env | {"TMPDIR": str(tmp_path)}  # torchrun's torchelastic_* folder goes with tmp_path
     single = _run(_train_cmd(*common, f"run.out_dir={one}", "run.grad_accum=2"), env)
     assert single.returncode == 0, single.stderr[-3000:]
-    launcher = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "deps_core.cli",
-        "train",
-        *common,
-        f"run.out_dir={two}",
-    ]
-    double = _run(launcher, env | {"TMPDIR": str(tmp_path)})  # torchrun's torchelastic_* folder goes with tmp_path
+    double = _run(_torchrun("-m", "deps_core.cli", "train", *common, f"run.out_dir={two}"), env)
     assert double.returncode == 0, double.stderr[-3000:]
     a, b = _model(one), _model(two)
     params = [k for k in a if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
     worst = max((a[k] - b[k]).abs().max().item() for k in params)
     assert worst <= 1e-5, worst
-    moved = max((a[k] - b[k]).abs().max().item() for k in a if k.endswith("running_mean"))
-    assert moved > 0  # BN statistics are per rank (each saw half the batch): only the weights must agree
+    bn = max((a[k] - b[k]).abs().max().item() for k in a if k.endswith("running_mean"))
+    assert bn > 0  # BN statistics are per rank (each saw half the batch): only the weights must agree
+
+    # one process with 2 micro-batches, stopped mid-epoch 1, goes on as 2 processes with 1 each: the same arithmetic
+    code, err = _ctrl_c(_train_cmd(*common, f"run.out_dir={moved}", "run.grad_accum=2"), env, moved, 14)
+    assert code == 130, err[-3000:]
+    refused = [
+        (["model.width_mult=0.5"], "model.width_mult cannot change when a run resumes (it would change what the run"),
+        (["run.grad_accum=1"], "split each batch over processes × run.grad_accum = 2, this one over 1 × 1: resume"),
+    ]
+    for overrides, message in refused:
+        proc = _run(_train_cmd("--resume", str(moved), *overrides), env)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-3000:]
+    resumed = _run(_torchrun("-m", "deps_core.cli", "train", "--resume", str(moved), "run.grad_accum=1"), env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((moved / "config.json").read_text())["run"]["grad_accum"] == 1  # the run's config says so now
+    c = _model(moved)
+    worst = max((a[k] - c[k]).abs().max().item() for k in params)
+    assert worst <= 1e-5, worst
 
 
 def _torchrun(*args: str) -> list[str]:
@@ -485,31 +500,15 @@ def test_ctrl_c_under_torchrun_stops_both_ranks_with_a_checkpoint_and_the_resume
     full, out = tmp_path / "full", tmp_path / "interrupted"
     done = _run(_torchrun("-m", "deps_core.cli", "train", *common, f"run.out_dir={full}"), env)
     assert done.returncode == 0, done.stderr[-3000:]
-    proc = subprocess.Popen(
-        _torchrun("-m", "deps_core.cli", "train", *common, f"run.out_dir={out}"),
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # its own process group, as a terminal's foreground job: launcher and both ranks
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
-    log = out / "steps.jsonl"
-    deadline = time.time() + 600
-    while time.time() < deadline and proc.poll() is None:
-        steps = log.read_text().splitlines() if log.exists() else []
-        if len(steps) >= 14:  # mid-epoch 1, in the shrinking phase
-            # Ctrl-C reaches torchrun and both ranks; torchrun then sends each rank a SIGINT of its own
-            os.killpg(proc.pid, signal.SIGINT)
-            break
-        time.sleep(0.02)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode != 0, err[-3000:]
+    # mid-epoch 1, in the shrinking phase; Ctrl-C reaches torchrun and both ranks, then torchrun sends each its own
+    train = _torchrun("-m", "deps_core.cli", "train", *common, f"run.out_dir={out}")
+    code, err = _ctrl_c(train, env, out, 14, group=True)
+    assert code != 0, err[-3000:]
     stopped = [line for line in err.splitlines() if line.startswith("deps train: stopped by SIGINT at epoch ")]
     assert len(stopped) == 1 and f"--resume {out}" in stopped[0], err[-3000:]  # rank 0 says it, once
     assert "deps train: interrupted" not in err, err[-3000:]  # no rank took torchrun's SIGINT for a second Ctrl-C
     position = json.loads((out / "checkpoints" / "last.json").read_text())
-    logged = [json.loads(line)["global_step"] for line in log.read_text().splitlines()]
+    logged = [json.loads(line)["global_step"] for line in (out / "steps.jsonl").read_text().splitlines()]
     assert position["global_step"] == logged[-1] + 1 and position["step"] > 0
     resumed = _run(_torchrun("-m", "deps_core.cli", "train", "--resume", str(out)), env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
