@@ -575,6 +575,23 @@ def test_eval_command_recalibrates_and_writes_the_pareto_report(full_run, env, t
     assert (tmp_path / "eval" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_eval_under_torchrun_gives_the_one_process_accuracies(full_run, env, tmp_path):
+    # every rank calibrates BN on the same images and evaluates its shard of the validation set; 127 images: shards
+    # of 64 and 63, none padded or repeated
+    out, _ = full_run
+    args = ["eval", "--checkpoint", str(out), "--archs", "2", "data.synthetic_val_size=127", "run.device=cpu"]
+    one = _run([sys.executable, "-m", "deps_core.cli", *args, "--out", str(tmp_path / "one")], env)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = _run(_torchrun("-m", "deps_core.cli", *args, "--out", str(tmp_path / "two")), env | {"TMPDIR": str(tmp_path)})
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = (json.loads((tmp_path / d / "subnets.json").read_text()) for d in ("one", "two"))
+    assert [r["arch"] for r in a] == [r["arch"] for r in b] and len(a) == 4
+    for ra, rb in zip(a, b):
+        assert (ra["top1"], ra["top5"]) == (rb["top1"], rb["top5"])  # counts over 127 images: exact
+        assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-5)
+    assert {round(r["top1"] * 127, 6) % 1 for r in a} == {0.0}  # fractions of 127 images
+
+
 def test_export_writes_a_static_subnet_and_onnx_that_match_the_supernet(full_run, env, tmp_path):
     import onnx
 
