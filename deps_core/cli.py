@@ -128,6 +128,29 @@ def _resolve_config(args: argparse.Namespace):
     return config
 
 
+def _same_run(config, last: Path) -> bool:
+    """True when the checkpoint ``last`` was written by a run of ``config`` (up to what ``--resume`` may change);
+    otherwise a ``ValueError`` naming the differences."""
+    from deps_core.checkpoint import load_checkpoint
+    from deps_core.config import ExperimentConfig
+
+    saved = ExperimentConfig.from_dict(load_checkpoint(last)["config"]).to_dict()
+    given = config.to_dict()
+    diff = [
+        f"{section}.{k}: {saved[section][k]!r} there, {v!r} here"
+        for section, values in given.items()
+        for k, v in values.items()
+        if v != saved[section][k] and f"{section}.{k}" not in (*_RESUME_KEYS, "run.out_dir")
+    ]
+    if diff:
+        raise ValueError(
+            f"--auto-resume: {last.parent.parent} holds a run of another config ({'; '.join(diff[:3])}"
+            f"{f'; {len(diff) - 3} more' if len(diff) > 3 else ''}): continue that one with --resume, start over "
+            "with --restart, or choose another run.out_dir"
+        )
+    return True
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     config = _resolve_config(args)
     if args.dry_run:
@@ -139,9 +162,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     out_dir = Path(config.run.out_dir)
     last = out_dir / "checkpoints" / "last.pt"
-    if args.resume is None and last.exists() and not args.restart:
+    resume = args.resume is not None or (args.auto_resume and last.exists() and _same_run(config, last))
+    if not resume and last.exists() and not args.restart:
         raise ValueError(
-            f"{out_dir} already holds a run: continue it with --resume {out_dir}, "
+            f"{out_dir} already holds a run: continue it with --resume {out_dir} (or --auto-resume), "
             "start over with --restart, or choose another run.out_dir"
         )
     ctx = DistContext.from_env(config.run.device)
@@ -160,7 +184,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             ctx=ctx,
             out_dir=out_dir,
         )
-        if args.resume is not None:
+        if resume:
             trainer.resume(last)
             if ctx.is_main:
                 print(f"resuming {out_dir} at epoch {trainer.epoch}, step {trainer.step}", file=sys.stderr)
@@ -600,6 +624,12 @@ def build_parser() -> argparse.ArgumentParser:
         "data.train, run.device, run.grad_accum)",
     )
     start.add_argument("--restart", action="store_true", help="start over even if run.out_dir holds a run")
+    start.add_argument(
+        "--auto-resume",
+        action="store_true",
+        help="continue the run in run.out_dir if it holds one of this config, else start it (one command for a "
+        "job a scheduler may requeue)",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.add_argument("--list-presets", action="store_true", help="list the presets and exit")
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides, e.g. optim.lr=0.1")

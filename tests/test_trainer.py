@@ -313,16 +313,21 @@ def _ctrl_c(cmd: list[str], env: dict, out: Path, after_steps: int, *, group: bo
 def test_ctrl_c_stops_at_a_step_boundary_with_a_checkpoint_and_the_resume_is_bit_identical(full_run, env, tmp_path):
     full, _ = full_run
     out = tmp_path / "interrupted"
+    # one command, run again as a requeued job would be: --auto-resume starts the run, then continues it
+    command = _train_cmd(*TINY, f"run.out_dir={out}", "--auto-resume")
     # into the shrinking phase, between two periodic checkpoints (every 3 steps)
-    code, err = _ctrl_c(_train_cmd(*TINY, f"run.out_dir={out}", "run.log_every=1"), env, out, 14)
+    code, err = _ctrl_c(command, env, out, 14)
     assert code == 130, err[-3000:]
     message = err.strip().splitlines()[-1]
     assert message.startswith("deps train: stopped by SIGINT at epoch ") and f"--resume {out}" in message, message
     position = json.loads((out / "checkpoints" / "last.json").read_text())
     done = [json.loads(line)["global_step"] for line in (out / "steps.jsonl").read_text().splitlines()]
     assert position["global_step"] == done[-1] + 1  # the checkpoint holds every step that ran, not the last periodic
-    resumed = _run(_train_cmd("--resume", str(out)), env)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    other = _run([*command, "optim.lr=0.1"], env)
+    assert other.returncode == 2, other.stderr[-3000:]
+    assert f"--auto-resume: {out} holds a run of another config (optim.lr: 0.05 there, 0.1 here)" in other.stderr
+    resumed = _run([*command, "run.checkpoint_every=5"], env)  # what --resume may change, it may change here too
+    assert resumed.returncode == 0 and "resuming" in resumed.stderr, resumed.stderr[-3000:]
     a, b = _model(full), _model(out)
     assert all(torch.equal(a[k], b[k]) for k in a), f"the resume from {position} differs"
 
