@@ -1,10 +1,11 @@
-"""The training loop: a strategy's plan per step, the functional step, one all-reduce, SGD; checkpoints and logs.
+"""The training loop: a strategy's plan per step, the functional step, one gradient all-reduce, SGD; checkpoints, logs.
 
 One step (DεpS eq. (4) with everything around it):
 
     plan = strategy.plan(progress, seed)              # terms, lr, ε, phase; pure function of progress
     [re-organize channels once per plan.reorganize.key; snapshot a frozen teacher the first time one is needed]
     G = 0; for each micro-batch: functional_step(...)  # Σ_j w_j ∇L_j into the flat fp32 buffer
+    [ranks > 1: all_reduce(MAX) of a few flags]        # a non-finite loss or a stop request on any rank
     all_reduce(G) once; G /= (ranks · micro-batches)   # the mean over the global batch
     clip; SGD(momentum, Nesterov, weight decay off BN and biases) at plan.lr
 
