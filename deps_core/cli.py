@@ -238,6 +238,7 @@ def _final_evaluation(trainer, data, config, ctx) -> dict | None:
 
 
 def _write_report(out_dir: Path, config, summary: dict, report: dict | None, wall: float) -> None:
+    from deps_core.curves import plot_training, read_jsonl
     from deps_core.evaluate import format_pareto_table, plot_pareto, report_to_json, save_results
 
     cost = summary["cost"]
@@ -251,6 +252,13 @@ def _write_report(out_dir: Path, config, summary: dict, report: dict | None, wal
             out_dir / "pareto.png",
             title=f"{config.model.space} on {config.data.source}",
         )
+    plot_training(
+        summary["history"],
+        read_jsonl(out_dir / "steps.jsonl"),
+        summary["steps_per_epoch"],
+        out_dir / "training.png",
+        title=f"{config.method.name}: {config.model.space} on {config.data.source}",
+    )
     rows = [[phase, f"{sec / 60:.2f}"] for phase, sec in cost["train_seconds_by_phase"].items()]
     rows.append(["total training", f"{cost['train_seconds'] / 60:.2f}"])
     rows.append(["waiting for data", f"{cost['data_wait_seconds'] / 60:.2f}"])
@@ -267,7 +275,10 @@ def _write_report(out_dir: Path, config, summary: dict, report: dict | None, wal
 
         out["pareto"] = report_to_json(report["pareto"])
     (out_dir / "report.json").write_text(json.dumps(out, indent=1) + "\n")
-    print(f"wrote {out_dir / 'report.json'}" + (f", {out_dir / 'pareto.png'}" if report is not None else ""))
+    print(
+        f"wrote {out_dir / 'report.json'}, {out_dir / 'training.png'}"
+        + (f", {out_dir / 'pareto.png'}" if report is not None else "")
+    )
 
 
 def _arch_arg(text: str, net):

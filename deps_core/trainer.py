@@ -674,7 +674,12 @@ class Trainer:
 
     # --- summary and loggers -----------------------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
-        return {"epochs": self.total_epochs, "history": self.history, "cost": self.cost_report()}
+        return {
+            "epochs": self.total_epochs,
+            "steps_per_epoch": self.steps_per_epoch,
+            "history": self.history,
+            "cost": self.cost_report(),
+        }
 
     def _external_loggers(self) -> list[Any]:
         writers = []

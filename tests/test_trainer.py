@@ -279,6 +279,24 @@ def test_a_tiny_run_writes_logs_checkpoints_report_and_plot(full_run):
     assert state["progress"]["epoch"] == 3 and state["progress"]["step"] == 0
 
 
+def test_the_training_curves_show_the_logs_and_the_phases(full_run, tmp_path):
+    from deps_core.curves import plot_training, read_jsonl, training_series
+
+    out, _ = full_run
+    assert (out / "training.png").read_bytes()[:4] == b"\x89PNG"
+    epochs, steps = read_jsonl(out / "epochs.jsonl"), read_jsonl(out / "steps.jsonl")
+    series = training_series(epochs, steps, 12)  # 384 images in batches of 32
+    last_fm = max(s["global_step"] for s in steps if s["phase"] == "fm_warmup")
+    assert series["phases"] == [("fm_warmup", 0.0, (last_fm + 1) / 12), ("shrinking", (last_fm + 1) / 12, 3.0)]
+    assert series["top1"]["validation"] == ([1, 2, 3], [100 * e["val_top1/full"] for e in epochs])
+    assert set(series["loss"]) == {"full", "min", "uniform"} and series["loss"]["min"][0] == [2, 3]  # from epoch 1 on
+    x, eps = series["epsilon"]
+    assert x == [(s["global_step"] + 1) / 12 for s in steps] and eps[-1] == 1.0 and eps[0] == 0.0
+    assert plot_training(epochs, steps, 12, tmp_path / "t.png") == series and (tmp_path / "t.png").stat().st_size
+    with pytest.raises(ValueError, match="steps_per_epoch must be >= 1"):
+        training_series(epochs, steps, 0)
+
+
 def test_rerunning_into_an_existing_run_directory_is_refused(full_run, env):
     out, _ = full_run
     proc = _run(_train_cmd(*TINY, f"run.out_dir={out}"), env)
