@@ -183,6 +183,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             calib_loader=data.calib,
             ctx=ctx,
             out_dir=out_dir,
+            on_epoch_end=_training_plot(out_dir, config) if ctx.is_main else None,
         )
         if resume:
             trainer.resume(last)
@@ -237,8 +238,31 @@ def _final_evaluation(trainer, data, config, ctx) -> dict | None:
     return {"results": results, "pareto": pareto_report(net, results, run.eval_buckets)}
 
 
-def _write_report(out_dir: Path, config, summary: dict, report: dict | None, wall: float) -> None:
+def _training_plot(out_dir: Path, config):
+    """An epoch-end callback that redraws ``training.png`` from the run's logs, so a long run can be watched; a plot
+    that fails says so once and never stops the training."""
     from deps_core.curves import plot_training, read_jsonl
+
+    failed = []
+
+    def plot(trainer) -> None:
+        try:
+            plot_training(
+                trainer.history,
+                read_jsonl(out_dir / "steps.jsonl"),
+                trainer.steps_per_epoch,
+                out_dir / "training.png",
+                title=f"{config.method.name}: {config.model.space} on {config.data.source}",
+            )
+        except Exception as err:  # a figure is not worth a training run
+            if not failed:
+                print(f"deps train: note: could not draw training.png ({err}); training goes on", file=sys.stderr)
+            failed.append(err)
+
+    return plot
+
+
+def _write_report(out_dir: Path, config, summary: dict, report: dict | None, wall: float) -> None:
     from deps_core.evaluate import format_pareto_table, plot_pareto, report_to_json, save_results
 
     cost = summary["cost"]
@@ -252,13 +276,6 @@ def _write_report(out_dir: Path, config, summary: dict, report: dict | None, wal
             out_dir / "pareto.png",
             title=f"{config.model.space} on {config.data.source}",
         )
-    plot_training(
-        summary["history"],
-        read_jsonl(out_dir / "steps.jsonl"),
-        summary["steps_per_epoch"],
-        out_dir / "training.png",
-        title=f"{config.method.name}: {config.model.space} on {config.data.source}",
-    )
     rows = [[phase, f"{sec / 60:.2f}"] for phase, sec in cost["train_seconds_by_phase"].items()]
     rows.append(["total training", f"{cost['train_seconds'] / 60:.2f}"])
     rows.append(["waiting for data", f"{cost['data_wait_seconds'] / 60:.2f}"])

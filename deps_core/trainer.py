@@ -29,6 +29,7 @@ import sys
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -206,7 +207,8 @@ class Trainer:
     """Trains the supernet a config describes on ``train_loader``.
 
     ``out_dir`` receives ``config.json``, ``steps.jsonl``, ``epochs.jsonl`` and ``checkpoints/``; ``None`` keeps
-    everything in memory (tests). Only rank 0 writes.
+    everything in memory (tests). Only rank 0 writes. ``on_epoch_end``: called with the trainer on every rank after
+    each epoch's record and checkpoint (``deps train`` redraws ``training.png`` there).
     """
 
     def __init__(
@@ -219,8 +221,10 @@ class Trainer:
         calib_loader: Loader | None = None,
         ctx: DistContext | None = None,
         out_dir: str | Path | None = None,
+        on_epoch_end: Callable[[Trainer], None] | None = None,
     ):
         self.config = config
+        self.on_epoch_end = on_epoch_end
         self.ctx = ctx or DistContext()
         self.device = self.ctx.device
         self.train_loader, self.val_loader, self.calib_loader = train_loader, val_loader, calib_loader
@@ -554,6 +558,8 @@ class Trainer:
         self.step = 0
         self.epoch_stats = defaultdict(float)
         self.save()
+        if self.on_epoch_end is not None:
+            self.on_epoch_end(self)
 
     def _validate(self) -> dict[str, float]:
         """The full model on the validation set. Once subnets train, they move the shared BN statistics too, so

@@ -297,6 +297,22 @@ def test_the_training_curves_show_the_logs_and_the_phases(full_run, tmp_path):
         training_series(epochs, steps, 0)
 
 
+def test_on_epoch_end_sees_each_finished_epoch_after_its_checkpoint(tmp_path):
+    config = apply_overrides(
+        load_preset("default"),
+        ["model.width_mult=0.25", "model.d_choices=2", "data.batch_size=4", "method.epochs=2", "run.progress=false"],
+    )
+    seen = []
+
+    def on_epoch_end(trainer: Trainer) -> None:
+        saved = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["progress"]
+        seen.append((trainer.epoch, len(trainer.history), saved["epoch"]))
+
+    loader = _SignalledBatches(2, at=-1, signum=signal.SIGINT)  # at -1: never signalled
+    Trainer(config, loader, num_classes=10, out_dir=tmp_path, on_epoch_end=on_epoch_end).fit()
+    assert seen == [(1, 1, 1), (2, 2, 2)]
+
+
 def test_rerunning_into_an_existing_run_directory_is_refused(full_run, env):
     out, _ = full_run
     proc = _run(_train_cmd(*TINY, f"run.out_dir={out}"), env)
@@ -341,6 +357,7 @@ def test_ctrl_c_stops_at_a_step_boundary_with_a_checkpoint_and_the_resume_is_bit
     position = json.loads((out / "checkpoints" / "last.json").read_text())
     done = [json.loads(line)["global_step"] for line in (out / "steps.jsonl").read_text().splitlines()]
     assert position["global_step"] == done[-1] + 1  # the checkpoint holds every step that ran, not the last periodic
+    assert (out / "training.png").read_bytes()[:4] == b"\x89PNG"  # drawn at the end of epoch 0, before the stop
     other = _run([*command, "optim.lr=0.1"], env)
     assert other.returncode == 2, other.stderr[-3000:]
     assert f"--auto-resume: {out} holds a run of another config (optim.lr: 0.05 there, 0.1 here)" in other.stderr
