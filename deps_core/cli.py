@@ -2,7 +2,9 @@
 
 - ``deps train [--preset NAME] [--config FILE] [section.key=value ...]``: train; with no arguments, the embedded
   default (DεpS on the bundled synthetic dataset with a small MBV3-32 supernet, a few minutes on a CPU), then BN
-  recalibration, evaluation across the MAC range, a Pareto table, ``pareto.png`` and ``report.json``.
+  recalibration, evaluation across the MAC range, a Pareto table, ``pareto.png``, ``training.png`` and ``report.json``.
+- ``deps curves RUN_DIR ...``: the full model's training curves of several runs on one plot, against epochs or
+  device-hours, and a table of where each ended.
 - ``deps eval``: BN recalibration and evaluation of subnets of a trained supernet (Pareto table and plot);
   ``deps export``: one subnet as a static network (state dict + JSON config, ONNX);
   ``deps search --macs 300M [--latency 20ms]``: evolutionary search for the most accurate subnet per budget, written
@@ -634,6 +636,33 @@ def _cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_curves(args: argparse.Namespace) -> int:
+    """The full model's curves of several runs on one plot, and a table of where each ended."""
+    from deps_core.curves import plot_runs, read_run_epochs
+
+    names = [Path(r).name or str(r) for r in args.runs]
+    if len(set(names)) < len(names):  # runs/a/default and runs/b/default: the whole paths tell them apart
+        names = [str(r) for r in args.runs]
+    if len(set(names)) < len(names):
+        raise ValueError(f"a run is given twice: {args.runs}")
+    runs = {name: read_run_epochs(r) for name, r in zip(names, args.runs)}
+    out = Path(args.out)
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a directory; give the PNG's path")
+    series = plot_runs(runs, out, x=args.x)
+
+    def pct(v):
+        return "-" if v is None else f"{v:.2f}"
+
+    rows = [
+        [name, str(s["epochs"]), f"{s['device_hours']:.4f}", pct(s["final_val_top1"]), pct(s["best_val_top1"])]
+        for name, s in series.items()
+    ]
+    print(_table(rows, ["run", "epochs", "device-hours", "final top-1 %", "best top-1 %"]))
+    print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from deps_core.config import EVAL_SAMPLERS
     from deps_core.search import parse_latency, parse_macs
@@ -748,6 +777,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", help="write a .beton from an ImageFolder tree or CIFAR, or build the synthetic cache")
     add_data_arguments(p)
     p.set_defaults(fn=run_data)
+
+    p = sub.add_parser("curves", help="overlay the full model's training curves of several runs (a PNG and a table)")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories of deps train (their epochs.jsonl)")
+    p.add_argument(
+        "--x", choices=["epoch", "device-hours"], default="epoch", help="the x axis: epochs or training cost"
+    )
+    p.add_argument("--out", default="curves.png", help="the PNG to write (default: curves.png)")
+    p.set_defaults(fn=_cmd_curves)
 
     p = sub.add_parser("spaces", help="list the registered spaces with their largest and smallest MACs")
     p.set_defaults(fn=_cmd_spaces)

@@ -2,7 +2,9 @@
 schedules, over epochs, with the phases (FM-warmup, shrinking, …) shaded.
 
 It shows what DεpS is about: whether the full model's accuracy holds when the subnets join (the end of FM-warmup) and
-how ε ramps from ≈0 to 1. ``deps train`` writes it as ``training.png`` next to ``pareto.png``.
+how ε ramps from ≈0 to 1. ``deps train`` writes it as ``training.png`` next to ``pareto.png``. :func:`plot_runs`
+(``deps curves``) overlays several runs' full-model curves against epochs or device-hours: DεpS against OFA or BigNAS
+at the same training cost, the paper's comparison.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["training_series", "plot_training", "read_jsonl"]
+__all__ = ["training_series", "plot_training", "read_jsonl", "read_run_epochs", "compare_series", "plot_runs"]
 
 _PHASE_COLOURS = ("#dbe9f6", "#fde8d0", "#e2f2dc", "#efe1f3", "#f7f3cf")
 
@@ -111,6 +113,77 @@ def plot_training(
     sched.set_xlabel("epoch")
     for ax in (acc, loss, sched):
         ax.grid(alpha=0.3)
+    if title:
+        acc.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return series
+
+
+X_AXES = {"epoch": "epoch", "device-hours": "device-hours"}
+
+
+def read_run_epochs(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The epoch records of the run in ``run_dir`` (its ``epochs.jsonl``); ``ValueError`` when there are none."""
+    path = Path(run_dir) / "epochs.jsonl"
+    if not path.is_file():
+        raise ValueError(f"{run_dir}: no epochs.jsonl (not a deps train run directory?)")
+    try:
+        records = read_jsonl(path)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not a JSONL log: {err}") from None
+    if not records:
+        raise ValueError(f"{run_dir}: no finished epoch yet")
+    return records
+
+
+def compare_series(runs: dict[str, Sequence[dict[str, Any]]], x: str = "epoch") -> dict[str, dict[str, Any]]:
+    """Per run: ``"x"`` (epochs done, or the device-hours spent by the end of each epoch), ``"val_top1"`` and
+    ``"train_loss"`` of the full model (``None`` where an epoch has none), and a summary row (``"epochs"``,
+    ``"device_hours"``, ``"final_val_top1"``, ``"best_val_top1"``)."""
+    if x not in X_AXES:
+        raise ValueError(f"x must be one of {list(X_AXES)}; got {x!r}")
+    out = {}
+    for name, epochs in runs.items():
+        hours = [e.get("cost", {}).get("device_hours", float("nan")) for e in epochs]
+        xs = [e["epoch"] + 1 for e in epochs] if x == "epoch" else hours
+        val = [100 * e["val_top1/full"] if e.get("val_top1/full") is not None else None for e in epochs]
+        done = [v for v in val if v is not None]
+        out[name] = {
+            "x": xs,
+            "val_top1": val,
+            "train_loss": [e.get("train_loss/full") for e in epochs],
+            "epochs": epochs[-1]["epoch"] + 1,
+            "device_hours": hours[-1],
+            "final_val_top1": done[-1] if done else None,
+            "best_val_top1": max(done) if done else None,
+        }
+    return out
+
+
+def plot_runs(
+    runs: dict[str, Sequence[dict[str, Any]]], path: str | os.PathLike, *, x: str = "epoch", title: str = ""
+) -> dict[str, dict[str, Any]]:
+    """The full model's validation top-1 and training loss of each run (``epochs.jsonl`` records), overlaid against
+    ``x`` (``"epoch"`` or ``"device-hours"``), as a PNG at ``path``; returns :func:`compare_series`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = compare_series(runs, x)
+    fig, (acc, loss) = plt.subplots(2, 1, figsize=(7, 6), dpi=120, sharex=True)
+    for name, s in series.items():
+        for ax, key in ((acc, "val_top1"), (loss, "train_loss")):
+            pts = [(a, b) for a, b in zip(s["x"], s[key]) if b is not None]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=name)
+    acc.set_ylabel("full model, validation top-1 (%)")
+    loss.set_ylabel("full model, training loss")
+    loss.set_xlabel(X_AXES[x])
+    for ax in (acc, loss):
+        ax.grid(alpha=0.3)
+    acc.legend(fontsize=8)
     if title:
         acc.set_title(title)
     fig.tight_layout()

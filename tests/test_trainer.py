@@ -297,6 +297,36 @@ def test_the_training_curves_show_the_logs_and_the_phases(full_run, tmp_path):
         training_series(epochs, steps, 0)
 
 
+def test_curves_overlays_runs_against_epochs_or_device_hours_and_tabulates_them(full_run, tmp_path, capsys):
+    from deps_core.cli import main
+    from deps_core.curves import compare_series, read_jsonl
+
+    full, _ = full_run
+    epochs = read_jsonl(full / "epochs.jsonl")
+    (tmp_path / "short").mkdir()  # a run stopped after two epochs
+    (tmp_path / "short" / "epochs.jsonl").write_text("".join(json.dumps(e) + "\n" for e in epochs[:2]))
+    png = tmp_path / "cmp.png"
+    assert main(["curves", str(full), str(tmp_path / "short"), "--x", "device-hours", "--out", str(png)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    final = f"{100 * epochs[-1]['val_top1/full']:.2f}"
+    assert out[2].split()[:2] == ["full", "3"] and out[2].split()[3] == final and out[3].split()[:2] == ["short", "2"]
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    series = compare_series({"full": epochs}, "device-hours")["full"]
+    assert series["x"] == [e["cost"]["device_hours"] for e in epochs] and series["x"] == sorted(series["x"])
+    assert series["best_val_top1"] == max(100 * e["val_top1/full"] for e in epochs)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "epochs.jsonl").write_text("")
+    for argv, message in [
+        ([str(tmp_path)], f"{tmp_path}: no epochs.jsonl (not a deps train run directory?)"),
+        ([str(tmp_path / "empty")], "no finished epoch yet"),
+        ([str(full), str(full)], "a run is given twice"),
+        ([str(full), "--out", str(tmp_path)], "is a directory; give the PNG's path"),
+    ]:
+        assert main(["curves", *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_on_epoch_end_sees_each_finished_epoch_after_its_checkpoint(tmp_path):
     config = apply_overrides(
         load_preset("default"),
