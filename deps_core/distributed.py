@@ -21,6 +21,9 @@ class DistContext:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    # started by torchrun (also with one process): its agent passes the terminal's Ctrl-C on to the workers, which
+    # got it from the terminal already, so each worker sees it twice
+    torchrun: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -47,7 +50,8 @@ class DistContext:
             dev = torch.device("cpu")
         if world > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-        return cls(rank=rank, world_size=world, local_rank=local, device=dev)
+        torchrun = "TORCHELASTIC_RUN_ID" in os.environ
+        return cls(rank=rank, world_size=world, local_rank=local, device=dev, torchrun=torchrun)
 
     def all_reduce_sum_(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.distributed:

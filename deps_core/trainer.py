@@ -67,12 +67,12 @@ class TrainingStopped(Exception):
 
 class _StopRequest:
     """While active, the first SIGINT/SIGTERM only records a request (the loop stops at the next step boundary); a
-    second SIGINT raises ``KeyboardInterrupt`` at once, unless it comes within ``repeat_window`` seconds of the first:
-    torchrun passes the SIGINT it got from the terminal on to its workers, which got the same Ctrl-C from the
-    terminal already. Installed only in the main thread; the previous handlers come back on exit. ``announce``: print
-    one line when asked (rank 0 of a distributed run)."""
+    second SIGINT raises ``KeyboardInterrupt`` at once, unless it comes within ``repeat_window`` seconds of the first
+    (the trainer sets it under torchrun, which passes the SIGINT it got from the terminal on to its workers, which got
+    the same Ctrl-C from the terminal already). Installed only in the main thread; the previous handlers come back on
+    exit. ``announce``: print one line when asked (rank 0 of a distributed run)."""
 
-    def __init__(self, enabled: bool = True, *, announce: bool = True, repeat_window: float = 1.0):
+    def __init__(self, enabled: bool = True, *, announce: bool = True, repeat_window: float = 0.0):
         self.enabled = enabled and threading.current_thread() is threading.main_thread()
         self.announce, self.repeat_window = announce, repeat_window
         self.signum: int | None = None
@@ -459,7 +459,8 @@ class Trainer:
             unit="step",
             dynamic_ncols=True,
         )
-        self._stop = _StopRequest(announce=self.ctx.is_main)
+        # under torchrun a second SIGINT within a second is the agent's copy of the first
+        self._stop = _StopRequest(announce=self.ctx.is_main, repeat_window=1.0 if self.ctx.torchrun else 0.0)
         try:
             self._loop(bar)
         finally:

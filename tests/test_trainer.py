@@ -462,9 +462,21 @@ def test_a_second_ctrl_c_stops_at_once_unless_it_is_a_launchers_copy_of_the_firs
             with pytest.raises(KeyboardInterrupt):
                 signal.raise_signal(signal.SIGINT)
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        with _StopRequest(announce=False):  # no window (outside torchrun): the second Ctrl-C stops at once
+            signal.raise_signal(signal.SIGINT)
+            with pytest.raises(KeyboardInterrupt):
+                signal.raise_signal(signal.SIGINT)
     finally:
         for s, handler in before.items():
             signal.signal(s, handler)
+
+
+def test_the_context_knows_torchrun_started_it(monkeypatch):
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    assert not DistContext.from_env("cpu").torchrun
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")  # torchrun --nproc_per_node 1: one process, still its agent
+    assert DistContext.from_env("cpu").torchrun and not DistContext.from_env("cpu").distributed
 
 
 def test_resume_after_sigkill_is_bit_identical(full_run, env, tmp_path):
