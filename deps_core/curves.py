@@ -80,13 +80,8 @@ def plot_training(
 ) -> dict[str, Any]:
     """Write the curves of ``epochs`` (``epochs.jsonl`` records) and ``steps`` (``steps.jsonl`` records) as a PNG at
     ``path``; returns :func:`training_series`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     series = training_series(epochs, steps, steps_per_epoch)
-    fig, (acc, loss, sched) = plt.subplots(3, 1, figsize=(7, 7.5), dpi=120, sharex=True)
+    fig, (acc, loss, sched) = _figure(3, height=7.5)
     colours: dict[str, str] = {}
     for phase, start, end in series["phases"]:
         first = phase not in colours  # the legend names each phase once
@@ -111,17 +106,32 @@ def plot_training(
     eps.set_ylabel("ε (subnet weight)", color="tab:red")
     eps.set_ylim(-0.05, 1.05)
     sched.set_xlabel("epoch")
-    for ax in (acc, loss, sched):
-        ax.grid(alpha=0.3)
-    if title:
-        acc.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save(fig, (acc, loss, sched), path, title)
     return series
 
 
-X_AXES = {"epoch": "epoch", "device-hours": "device-hours"}
+def _figure(rows: int, *, height: float):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(rows, 1, figsize=(7, height), dpi=120, sharex=True)
+
+
+def _save(fig, axes, path: str | os.PathLike, title: str) -> None:
+    import matplotlib.pyplot as plt
+
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    if title:
+        axes[0].set_title(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+X_AXES = ("epoch", "device-hours")
 
 
 def read_run_epochs(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
@@ -167,26 +177,15 @@ def plot_runs(
 ) -> dict[str, dict[str, Any]]:
     """The full model's validation top-1 and training loss of each run (``epochs.jsonl`` records), overlaid against
     ``x`` (``"epoch"`` or ``"device-hours"``), as a PNG at ``path``; returns :func:`compare_series`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     series = compare_series(runs, x)
-    fig, (acc, loss) = plt.subplots(2, 1, figsize=(7, 6), dpi=120, sharex=True)
+    fig, (acc, loss) = _figure(2, height=6)
     for name, s in series.items():
         for ax, key in ((acc, "val_top1"), (loss, "train_loss")):
             pts = [(a, b) for a, b in zip(s["x"], s[key]) if b is not None]
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=name)
     acc.set_ylabel("full model, validation top-1 (%)")
     loss.set_ylabel("full model, training loss")
-    loss.set_xlabel(X_AXES[x])
-    for ax in (acc, loss):
-        ax.grid(alpha=0.3)
+    loss.set_xlabel(x)
     acc.legend(fontsize=8)
-    if title:
-        acc.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save(fig, (acc, loss), path, title)
     return series
