@@ -66,3 +66,16 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
     blocks = re.findall(r"```python\n(.*?)```", text, re.S)
     assert len(blocks) >= 3
     exec(compile("\n".join(blocks).replace("224, 224", "64, 64"), "README.md", "exec"), {})
+
+
+def test_a_reader_that_leaves_early_ends_the_command_quietly():
+    # `deps train --dry-run | head -1`: the pipe's reader is gone before deps writes
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "deps_core.cli", "train", "--dry-run"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    proc.stdout.close()  # deps is still importing torch: its first write meets a closed pipe
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141 and err == "", err  # 128 + SIGPIPE, as a shell pipeline's writer, no trace
