@@ -100,6 +100,8 @@ _RESUME_KEYS = (
 
 
 def _resolve_config(args: argparse.Namespace):
+    """``(config, checkpoint)``: the run's config, and with ``--resume`` the checkpoint it was read from (loaded once:
+    the trainer restores from it)."""
     from deps_core.checkpoint import load_checkpoint
     from deps_core.config import (
         ExperimentConfig,
@@ -123,21 +125,22 @@ def _resolve_config(args: argparse.Namespace):
         config = apply_overrides(ExperimentConfig.from_dict(state["config"]), args.overrides)
         if Path(config.run.out_dir).resolve() != Path(args.resume).resolve():
             config = apply_overrides(config, [f"run.out_dir={args.resume}"])
-        return config
+        return config, state
     config = load_preset(args.preset or "default")
     data = load_config_file(args.config) if args.config else {}
     config = apply_overrides(config.merged(data), args.overrides)
     check_config_file_methods(config, data, args.config)
-    return config
+    return config, None
 
 
-def _same_run(config, last: Path) -> bool:
-    """True when the checkpoint ``last`` was written by a run of ``config`` (up to what ``--resume`` may change);
-    otherwise a ``ValueError`` naming the differences."""
+def _same_run(config, last: Path) -> dict:
+    """The checkpoint ``last`` when a run of ``config`` wrote it (up to what ``--resume`` may change); otherwise a
+    ``ValueError`` naming the differences."""
     from deps_core.checkpoint import load_checkpoint
     from deps_core.config import ExperimentConfig
 
-    saved = ExperimentConfig.from_dict(load_checkpoint(last)["config"]).to_dict()
+    state = load_checkpoint(last)
+    saved = ExperimentConfig.from_dict(state["config"]).to_dict()
     given = config.to_dict()
     diff = [
         f"{section}.{k}: {saved[section][k]!r} there, {v!r} here"
@@ -151,11 +154,11 @@ def _same_run(config, last: Path) -> bool:
             f"{f'; {len(diff) - 3} more' if len(diff) > 3 else ''}): continue that one with --resume, start over "
             "with --restart, or choose another run.out_dir"
         )
-    return True
+    return state
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    config = _resolve_config(args)
+    config, state = _resolve_config(args)
     if args.dry_run:
         print(json.dumps(config.to_dict(), indent=1))
         return 0
@@ -165,8 +168,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     out_dir = Path(config.run.out_dir)
     last = out_dir / "checkpoints" / "last.pt"
-    resume = args.resume is not None or (args.auto_resume and last.exists() and _same_run(config, last))
-    if not resume and last.exists() and not args.restart:
+    if state is None and args.auto_resume and last.exists():
+        state = _same_run(config, last)
+    if state is None and last.exists() and not args.restart:
         raise ValueError(
             f"{out_dir} already holds a run: continue it with --resume {out_dir} (or --auto-resume), "
             "start over with --restart, or choose another run.out_dir"
@@ -188,8 +192,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
             out_dir=out_dir,
             on_epoch_end=_training_plot(out_dir, config) if ctx.is_main else None,
         )
-        if resume:
-            trainer.resume(last)
+        if state is not None:
+            trainer.load_state_dict(state)  # the checkpoint the config came from, read once
+            state = None  # the trainer holds its own copies; the run need not keep these
             if ctx.is_main:
                 print(f"resuming {out_dir} at epoch {trainer.epoch}, step {trainer.step}", file=sys.stderr)
         try:

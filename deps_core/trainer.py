@@ -72,8 +72,8 @@ class _StopRequest:
     the same Ctrl-C from the terminal already). Installed only in the main thread; the previous handlers come back on
     exit. ``announce``: print one line when asked (rank 0 of a distributed run)."""
 
-    def __init__(self, enabled: bool = True, *, announce: bool = True, repeat_window: float = 0.0):
-        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+    def __init__(self, *, announce: bool = True, repeat_window: float = 0.0):
+        self.enabled = threading.current_thread() is threading.main_thread()  # Python runs handlers there only
         self.announce, self.repeat_window = announce, repeat_window
         self.signum: int | None = None
         self._asked_at = 0.0
