@@ -516,6 +516,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         PredictorAccuracy,
         check_budget,
         evolution_search,
+        release_scorers,
     )
 
     if not args.macs and not args.latency:
@@ -550,24 +551,29 @@ def _cmd_search(args: argparse.Namespace) -> int:
     out = _output_dir(args.out or ckpt.parent.parent / "search", "--out")
 
     ctx = DistContext.from_env(config.run.device)
-    if ctx.distributed:
-        raise ValueError("deps search runs in one process; launch it without torchrun")
     _cpu_settings(ctx, config)
     net = net.to(ctx.device)
-    table = LatencyTable(
-        ctx.device,
-        batch_size=args.latency_batch,
-        warmup=args.latency_warmup,
-        repeats=args.latency_repeats,
-        path=args.latency_table or out / "latency_table.json",
-        threads=args.latency_threads,
-    )
-    known = len(table)
+    heldout_images = args.heldout_images or min(2000, config.data.holdout or 2000)
+    amp = ctx.device.type == "cuda"
+    if not ctx.is_main:  # under torchrun rank 0 searches; the others score their shares of its subnets
+        calib, heldout, _ = search_splits(config, ctx.device, heldout_images=heldout_images)
+        EvalAccuracy(net, calib, heldout, amp=amp, ctx=ctx).serve()
+        ctx.shutdown()
+        return 0
+    table, known = None, 0
     try:  # new latency measurements are kept whatever ends the search (Ctrl-C, an error): they take minutes
+        table = LatencyTable(
+            ctx.device,
+            batch_size=args.latency_batch,
+            warmup=args.latency_warmup,
+            repeats=args.latency_repeats,
+            path=args.latency_table or out / "latency_table.json",
+            threads=args.latency_threads,
+        )
+        known = len(table)
         for b in budgets:
             if b.latency_ms is not None:
                 check_budget(spec, b, resolutions=resolutions, num_classes=classes, latency_table=table)
-        heldout_images = args.heldout_images or min(2000, config.data.holdout or 2000)
         calib, heldout, data_classes = search_splits(config, ctx.device, heldout_images=heldout_images)
         if not config.data.holdout:
             print(
@@ -577,9 +583,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
             )
         if data_classes != classes:
             raise ValueError(f"the data has {data_classes} classes, the checkpoint's supernet {classes}")
-        evaluator = EvalAccuracy(
-            net, calib, heldout, amp=ctx.device.type == "cuda", progress=args.accuracy == "predictor"
-        )
+        evaluator = EvalAccuracy(net, calib, heldout, amp=amp, progress=args.accuracy == "predictor", ctx=ctx)
         out.mkdir(parents=True, exist_ok=True)
         summary: dict = {"checkpoint": str(ckpt), "accuracy": args.accuracy, "resolutions": resolutions}
         summary |= {"heldout_images": heldout.num_images, "heldout_trained": not config.data.holdout}
@@ -630,12 +634,16 @@ def _cmd_search(args: argparse.Namespace) -> int:
                 [str(budget), f"{r.macs / 1e6:.2f}", f"{r.latency_ms:.3f}", *top1, str(r.evaluated), str(r.arch)]
             )
     finally:
-        if len(table) > known:
+        if table is not None and len(table) > known:
             table.save()
+        if ctx.distributed and not isinstance(sys.exc_info()[1], KeyboardInterrupt):  # (Ctrl-C reached every rank)
+            release_scorers(ctx)  # the other ranks' serve() returns: whatever ended the search, nobody waits
+            ctx.shutdown()
     top1 = ["predicted top-1 %", "held-out top-1 %"] if args.accuracy == "predictor" else ["held-out top-1 %"]
     print(_table(rows, ["budget", "MMACs", "latency ms", *top1, "archs scored", "arch"]))
     print(f"latency: predicted from {table.path} ({table.meta['device']}, batch {table.batch_size})")
     summary["latency_table"] = table.meta | {"path": str(table.path)}
+    summary["scored_per_rank"] = evaluator.scored_per_rank  # one entry per process (torchrun: per rank)
     summary["results"] = results
     (out / "search.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(f"wrote {out / 'search.json'} and " + ", ".join(Path(r["arch_file"]).name for r in results))

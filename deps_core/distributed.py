@@ -71,6 +71,14 @@ class DistContext:
         dist.gather_object(obj, out, dst=0)
         return out
 
+    def broadcast_object(self, obj: object) -> object:
+        """Rank 0's ``obj`` on every rank (what the other ranks pass is ignored)."""
+        if not self.distributed:
+            return obj
+        box = [obj if self.is_main else None]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()

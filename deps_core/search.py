@@ -41,6 +41,7 @@ __all__ = [
     "SearchResult",
     "EvalAccuracy",
     "PredictorAccuracy",
+    "release_scorers",
     "evolution_search",
     "parse_macs",
     "parse_latency",
@@ -174,9 +175,15 @@ class SearchResult:
 
 class EvalAccuracy:
     """Top-1 of each arch on held-out batches after BN recalibration on ``calib`` (both resized to the arch's
-    resolution), cached per canonical arch; the supernet's BN statistics are restored after each call."""
+    resolution), cached per canonical arch; the supernet's BN statistics are restored after each call.
 
-    def __init__(self, supernet, calib, heldout, *, amp: bool = False, progress: bool = False):
+    With a distributed ``ctx`` (torchrun) rank 0 calls it and every rank scores a share of each call's new archs
+    (rank r the r-th of every ``world_size``): the other ranks run :meth:`serve` until rank 0 calls :meth:`release`.
+    An arch's top-1 does not depend on the rank that scores it: each rank calibrates and evaluates on all the batches.
+    """
+
+    def __init__(self, supernet, calib, heldout, *, amp: bool = False, progress: bool = False, ctx=None):
+        from deps_core.distributed import DistContext
         from deps_core.evaluate import CachedBatches
 
         for name, batches in (("calibration", calib), ("held-out", heldout)):
@@ -184,27 +191,78 @@ class EvalAccuracy:
                 raise TypeError(f"the {name} set must be CachedBatches; got {type(batches).__name__}")
         self.supernet, self.calib, self.heldout = supernet, calib, heldout
         self.amp, self.progress = amp, progress
+        self.ctx = ctx if ctx is not None else DistContext()
         self.cache: dict[Arch, float] = {}
+        self.scored_per_rank = [0] * self.ctx.world_size  # on rank 0: how many archs each rank scored
 
     def __call__(self, archs: Sequence[Arch]) -> list[float]:
+        if not self.ctx.is_main:
+            raise RuntimeError(f"rank {self.ctx.rank} scores the archs rank 0 sends it: call serve(), not the scorer")
+        keys = [a.canonical(self.supernet.spec) for a in archs]
+        todo = list(dict.fromkeys(k for k in keys if k not in self.cache))
+        if todo:
+            self.ctx.broadcast_object(todo)
+            self.cache.update(zip(todo, self._share(todo)))
+        return [self.cache[k] for k in keys]
+
+    def serve(self) -> None:
+        """On a rank other than 0: score shares of rank 0's calls until it calls :meth:`release`."""
+        while (todo := self.ctx.broadcast_object(None)) is not None:
+            self._share(todo)
+
+    def release(self) -> None:
+        """On rank 0, once: let the other ranks' :meth:`serve` return."""
+        release_scorers(self.ctx)
+
+    def _share(self, todo: list[Arch]) -> list[float]:
+        """Score this rank's share of ``todo``; on rank 0 return all the scores, in order."""
+        ctx = self.ctx
+        error = None
+        try:
+            mine = self._score(todo[ctx.rank :: ctx.world_size])
+        except Exception as err:  # told to rank 0, which raises it, so no rank waits for a reply that never comes
+            if not ctx.distributed:
+                raise
+            error, mine = err, f"{type(err).__name__}: {err}"
+        replies = ctx.gather_object(mine)
+        if error is not None and ctx.is_main:
+            raise error
+        if not ctx.is_main:
+            return []
+        for rank, reply in enumerate(replies):
+            if isinstance(reply, str):
+                raise RuntimeError(f"scoring subnets on rank {rank} failed: {reply}")
+        scores: list[float] = [0.0] * len(todo)
+        for rank, reply in enumerate(replies):
+            scores[rank :: ctx.world_size] = reply
+            self.scored_per_rank[rank] += len(reply)
+        return scores
+
+    def _score(self, archs: list[Arch]) -> list[float]:
         from tqdm import tqdm
 
         from deps_core.evaluate import calibrate_bn, evaluate
 
-        net = self.supernet
-        keys = [a.canonical(net.spec) for a in archs]
-        todo = list(dict.fromkeys(k for k in keys if k not in self.cache))
-        if todo:
-            saved = {k: v.clone() for k, v in net.named_buffers()}
-            try:
-                for arch in tqdm(todo, desc="evaluating subnets", disable=not self.progress, leave=False):
-                    calibrate_bn(net, arch, self.calib, resolution=arch.resolution, amp=self.amp)
-                    self.cache[arch] = evaluate(net, arch, self.heldout.at(arch.resolution), amp=self.amp)["top1"]
-            finally:
-                with torch.no_grad():
-                    for k, v in net.named_buffers():
-                        v.copy_(saved[k])
-        return [self.cache[k] for k in keys]
+        net, out = self.supernet, []
+        if not archs:
+            return out
+        saved = {k: v.clone() for k, v in net.named_buffers()}
+        try:
+            for arch in tqdm(archs, desc="evaluating subnets", disable=not self.progress, leave=False):
+                calibrate_bn(net, arch, self.calib, resolution=arch.resolution, amp=self.amp)
+                out.append(evaluate(net, arch, self.heldout.at(arch.resolution), amp=self.amp)["top1"])
+        finally:
+            with torch.no_grad():
+                for k, v in net.named_buffers():
+                    v.copy_(saved[k])
+        return out
+
+
+def release_scorers(ctx) -> None:
+    """On rank 0 of a distributed ``ctx``, once: end the other ranks' :meth:`EvalAccuracy.serve` (also where rank 0
+    stopped before it made its :class:`EvalAccuracy`)."""
+    if ctx.distributed:
+        ctx.broadcast_object(None)
 
 
 class PredictorAccuracy:

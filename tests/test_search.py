@@ -18,12 +18,13 @@ import itertools
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from test_trainer import TINY, _run
+from test_trainer import TINY, _run, _torchrun
 
 from deps_core.arch import Arch, max_arch, min_arch, uniform_arch
 from deps_core.checkpoint import CheckpointError, save_checkpoint, supernet_from_checkpoint
@@ -389,19 +390,31 @@ def test_a_holdout_is_kept_out_of_training_and_calibration_and_is_what_search_ev
         build_data(too_many, DistContext(device=torch.device("cpu")))
 
 
-def test_search_command_writes_arch_files_that_export_accepts(tiny_run, env, tmp_path, capsys):
-    net, _ = supernet_from_checkpoint(tiny_run)
+SEARCH_COMMON = ["--heldout-images", "32", "--latency-warmup", "1", "--latency-repeats", "3", "--seed", "1"]
+
+
+def _search_args(run: Path, out: Path) -> list[str]:
+    """Two MACs budgets (30 % and 70 % of the way up the range), a small evolution, overrides a search reads."""
+    net, _ = supernet_from_checkpoint(run)
     lo, hi = net.macs(net.min_arch()), net.macs(net.max_arch())
     macs = ",".join(f"{(lo + f * (hi - lo)) / 1e6:.3f}M" for f in (0.3, 0.7))
-    budgets = [parse_macs(b) for b in macs.split(",")]
-    out = tmp_path / "search"
-    common = ["--heldout-images", "32", "--latency-warmup", "1", "--latency-repeats", "3", "--seed", "1"]
-    proc = _run(
-        _deps("search", "--checkpoint", str(tiny_run), "--macs", macs, "--population", "4", "--generations", "2")
-        + [*common, "--out", str(out), "data.num_workers=1", "run.calib_batch=16"],  # overrides a search reads
-        env,
-    )
+    return ["search", "--checkpoint", str(run), "--macs", macs, "--population", "4", "--generations", "2"] + [
+        *SEARCH_COMMON, "--out", str(out), "data.num_workers=1", "run.calib_batch=16",
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def searched(tiny_run, env, tmp_path_factory):
+    out = tmp_path_factory.mktemp("search") / "one"
+    proc = _run(_deps(*_search_args(tiny_run, out)), env)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc
+
+
+def test_search_command_writes_arch_files_that_export_accepts(tiny_run, searched, env, tmp_path, capsys):
+    net, _ = supernet_from_checkpoint(tiny_run)
+    out, proc = searched
+    budgets = [parse_macs(b) for b in _search_args(tiny_run, out)[4].split(",")]
     summary = json.loads((out / "search.json").read_text())
     assert summary["accuracy"] == "eval" and summary["heldout_images"] == 32 and summary["calib_images"] == 32
     assert summary["heldout_trained"] and "were trained on, so the accuracies are optimistic" in proc.stderr
@@ -422,9 +435,12 @@ def test_search_command_writes_arch_files_that_export_accepts(tiny_run, env, tmp
 
     # the predictor path, under a latency budget: fitted on evaluated archs, saved; the latency table is reused
     measured = json.loads((out / "latency_table.json").read_text())["entries_ms"]
+    out = tmp_path / "predictor"  # the first search's directory is shared with other tests: a copy of its table
+    out.mkdir()
+    (out / "latency_table.json").write_bytes((searched[0] / "latency_table.json").read_bytes())
     proc = _run(
         _deps("search", "--checkpoint", str(tiny_run), "--accuracy", "predictor", "--predictor-archs", "6")
-        + ["--latency", "1s", "--population", "8", "--generations", "3", *common, "--out", str(out)],
+        + ["--latency", "1s", "--population", "8", "--generations", "3", *SEARCH_COMMON, "--out", str(out)],
         env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -435,6 +451,81 @@ def test_search_command_writes_arch_files_that_export_accepts(tiny_run, env, tmp
     assert result["latency_ms"] <= 1000 and "predicted top-1 %" in proc.stdout
     table = json.loads((out / "latency_table.json").read_text())["entries_ms"]
     assert all(table[k] == v for k, v in measured.items())  # earlier entries were read back, not re-measured
+
+
+def test_search_under_torchrun_shares_the_scoring_and_finds_what_one_process_finds(tiny_run, searched, env, tmp_path):
+    out = tmp_path / "two"
+    proc = _run(_torchrun("-m", "deps_core.cli", *_search_args(tiny_run, out)), env | {"TMPDIR": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = (json.loads((d / "search.json").read_text()) for d in (searched[0], out))
+    keys = ("budget", "arch", "accuracy", "heldout_top1", "macs", "evaluated", "history")
+    assert [{k: r[k] for k in keys} for r in one["results"]] == [{k: r[k] for k in keys} for r in two["results"]]
+    assert len(one["scored_per_rank"]) == 1 and len(two["scored_per_rank"]) == 2
+    assert sum(two["scored_per_rank"]) == sum(one["scored_per_rank"]) and min(two["scored_per_rank"]) > 0
+    assert proc.stdout.count("held-out top-1 %") == 1  # rank 0 alone reports
+
+
+def _score_on_rank(rank: int, folder: str) -> None:
+    """One rank of a 2-process gloo group scoring archs with :class:`EvalAccuracy`; rank 1 fails on its second call."""
+    import torch.distributed as dist
+
+    from deps_core.distributed import DistContext
+    from deps_core.evaluate import CachedBatches
+    from deps_core.search import EvalAccuracy
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=2)
+    try:
+        config = apply_overrides(load_preset("default"), TINY)
+        g = torch.Generator().manual_seed(0)
+        net = create_supernet(config.model.space, num_classes=10, generator=g, **config.model.space_kwargs()).eval()
+        archs = list(dict.fromkeys(uniform_arch(net.spec, g) for _ in range(12)))[:6]
+        calib = CachedBatches([(torch.randn(16, 3, 32, 32, generator=g), torch.randint(10, (16,), generator=g))])
+        heldout = CachedBatches([(torch.randn(24, 3, 32, 32, generator=g), torch.randint(10, (24,), generator=g))])
+        scorer = EvalAccuracy(net, calib, heldout, ctx=DistContext(rank=rank, world_size=2))
+        if rank == 1:
+            calls, score = [], scorer._score
+
+            def fails_the_second_time(archs):
+                calls.append(archs)
+                if len(calls) == 2:
+                    raise RuntimeError("out of memory (injected)")
+                return score(archs)
+
+            scorer._score = fails_the_second_time
+            with pytest.raises(RuntimeError, match="rank 1 scores the archs rank 0 sends it: call serve"):
+                scorer(archs)
+            scorer.serve()  # returns when rank 0 releases it, after its error too
+            assert len(calls) == 2
+            return
+        result = {"alone": EvalAccuracy(net, calib, heldout)(archs)}
+        try:
+            result["first"] = scorer(archs[:3])
+            result["per_rank"] = list(scorer.scored_per_rank)
+            scorer(archs)  # the first three come from the cache; of the others rank 1 gets one, and fails
+        except RuntimeError as err:
+            result["error"] = str(err)
+        finally:
+            scorer.release()
+        (Path(folder) / "result.json").write_text(json.dumps(result))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_eval_accuracy_shares_each_call_over_the_ranks_and_names_a_rank_that_failed(tmp_path):
+    import torch.multiprocessing as mp
+
+    procs = mp.spawn(_score_on_rank, args=(str(tmp_path),), nprocs=2, join=False)
+    deadline = time.monotonic() + 300
+    while not procs.join(timeout=5):
+        if time.monotonic() > deadline:
+            for p in procs.processes:
+                p.kill()
+            pytest.fail("a rank hung")
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["first"] == result["alone"][:3] and result["per_rank"] == [2, 1]
+    assert len(set(result["alone"])) > 1  # the archs score differently: a mixed-up order would show
+    assert result["error"] == "scoring subnets on rank 1 failed: RuntimeError: out of memory (injected)"
 
 
 def _main_error(capsys, argv: list[str]) -> str:
