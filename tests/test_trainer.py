@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from deps_core.checkpoint import CheckpointError, load_checkpoint
+from deps_core.cli import main
 from deps_core.config import (
     METHOD_FIELDS,
     METHODS,
@@ -147,17 +148,26 @@ def test_method_fields_name_exactly_what_each_strategy_reads_and_the_rest_is_ref
         (["run.grad_accum=3"], "data.batch_size=64 does not split into run.grad_accum=3 equal micro-batches"),
         (["data.train=/x.beton"], "data.train=/x.beton would be ignored because data.source is 'synthetic'"),
         (["run.out_dir=/dev/null"], "run.out_dir /dev/null is a file, not a directory"),
-        (["data.holdout=4500"], "data.holdout=4500 holds out all 4500 synthetic training images"),
         (["lr=3"], "is not of the form section.field=value"),
         (["--preset", "nope"], "unknown preset 'nope'"),
         (["--config", "/nonexistent.json"], "config file not found: /nonexistent.json"),
         (["--resume", "/nonexistent-run"], "checkpoint not found: /nonexistent-run/checkpoints/last.pt"),
     ],
 )
-def test_bad_cli_values_are_one_line_errors_with_exit_2(args, message, env):
-    proc = _run(_train_cmd(*args), env, timeout=120)
-    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1
+def test_bad_cli_values_are_one_line_errors_with_exit_2(args, message, capsys):
+    threads = torch.get_num_threads()
+    assert main(["train", *args]) == 2  # in this process: each is refused before the command sets anything up
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert torch.get_num_threads() == threads  # (the thread count is the first process-wide setting it makes)
+
+
+def test_a_value_only_the_data_can_refute_is_one_line_and_exit_2(env, tmp_path):
+    proc = _run(_train_cmd("data.holdout=4500", f"run.out_dir={tmp_path / 'run'}"), env, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    err = proc.stderr.strip()
+    assert err.startswith("deps train: error: data.holdout=4500 holds out all 4500 synthetic training images"), err
+    assert len(err.splitlines()) == 1
 
 
 @pytest.mark.parametrize(
