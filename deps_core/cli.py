@@ -219,6 +219,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _file_sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _cpu_settings(ctx, config) -> None:
     """On the CPU: keep freed memory in the process and one compute thread per core left by the loader."""
     if ctx.device.type != "cpu":
@@ -514,6 +524,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         EvalAccuracy,
         EvolutionConfig,
         PredictorAccuracy,
+        ScoreLog,
         check_budget,
         evolution_search,
         release_scorers,
@@ -583,7 +594,25 @@ def _cmd_search(args: argparse.Namespace) -> int:
             )
         if data_classes != classes:
             raise ValueError(f"the data has {data_classes} classes, the checkpoint's supernet {classes}")
-        evaluator = EvalAccuracy(net, calib, heldout, amp=amp, progress=args.accuracy == "predictor", ctx=ctx)
+        unused = ("num_workers", "val", "val_batch_size")  # the data fields that do not change a score
+        data_setup = {k: v for k, v in config.to_dict()["data"].items() if k not in unused}
+        log = ScoreLog(  # what decides a score: scores of the same setup from an earlier search are reused
+            out,
+            {
+                "checkpoint_sha256": _file_sha256(ckpt),
+                "data": data_setup,
+                "calib_images": calib.num_images,
+                "calib_batch": config.run.calib_batch,
+                "seed": config.run.seed,
+                "heldout_images": heldout.num_images,
+                "device": ctx.device.type,
+                "amp": amp,
+            },
+        )
+        progress = args.accuracy == "predictor"
+        evaluator = EvalAccuracy(net, calib, heldout, amp=amp, progress=progress, ctx=ctx, log=log)
+        if evaluator.reused:
+            print(f"reusing {evaluator.reused} scored subnets from {log.path}", file=sys.stderr)
         out.mkdir(parents=True, exist_ok=True)
         summary: dict = {"checkpoint": str(ckpt), "accuracy": args.accuracy, "resolutions": resolutions}
         summary |= {"heldout_images": heldout.num_images, "heldout_trained": not config.data.holdout}
@@ -644,6 +673,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     print(f"latency: predicted from {table.path} ({table.meta['device']}, batch {table.batch_size})")
     summary["latency_table"] = table.meta | {"path": str(table.path)}
     summary["scored_per_rank"] = evaluator.scored_per_rank  # one entry per process (torchrun: per rank)
+    summary["scores"] = {"path": str(log.path), "reused": evaluator.reused}
     summary["results"] = results
     (out / "search.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(f"wrote {out / 'search.json'} and " + ", ".join(Path(r["arch_file"]).name for r in results))

@@ -40,6 +40,7 @@ __all__ = [
     "EvolutionConfig",
     "SearchResult",
     "EvalAccuracy",
+    "ScoreLog",
     "PredictorAccuracy",
     "release_scorers",
     "evolution_search",
@@ -173,16 +174,87 @@ class SearchResult:
 # --- accuracy sources ---------------------------------------------------------------------------------------------
 
 
+class ScoreLog:
+    """Scores of one evaluation setup on disk, one JSON line per arch, appended as they come: a search that stops
+    (Ctrl-C, a crash, a scheduler) keeps every subnet it scored, and the next search of the same setup reuses them.
+
+    ``setup``: what decides an arch's score (the checkpoint's digest, the data, the calibration and held-out splits);
+    the file is ``scores-<digest of setup>.jsonl`` in ``folder`` and begins with a line holding ``setup``, so another
+    setup never reads this one's scores. A last line cut short by a kill is dropped; any other bad line is an error.
+    """
+
+    def __init__(self, folder, setup: dict[str, Any]):
+        import hashlib
+        import json
+        from pathlib import Path
+
+        self.setup = json.loads(json.dumps(setup))  # as it reads back
+        digest = hashlib.sha256(json.dumps(self.setup, sort_keys=True).encode()).hexdigest()[:16]
+        self.path = Path(folder) / f"scores-{digest}.jsonl"
+
+    def load(self) -> dict[Arch, float]:
+        """The scores saved so far (none when the file does not exist yet)."""
+        import json
+
+        if not self.path.exists():
+            return {}
+        data = self.path.read_bytes()
+        lines = data.split(b"\n")
+        complete = lines[:-1]  # the part after the last newline: empty, or a line a kill cut short
+        if lines[-1]:
+            with open(self.path, "r+b") as f:  # drop it, so the next append starts a line of its own
+                f.truncate(len(data) - len(lines[-1]))
+        scores: dict[Arch, float] = {}
+        for number, line in enumerate(complete, 1):
+            try:
+                record = json.loads(line)
+                if number == 1 and record != {"setup": self.setup}:
+                    raise ValueError("it is not the header of this search's setup")
+                if number > 1:
+                    scores[Arch.from_dict(record["arch"])] = float(record["top1"])
+            except (ValueError, KeyError, TypeError) as err:
+                what = f"missing key {err}" if isinstance(err, KeyError) else str(err)
+                raise ValueError(f"{self.path} line {number}: {what}; move the file away to score anew") from None
+        return scores
+
+    def append(self, scores: Sequence[tuple[Arch, float]]) -> None:
+        import json
+
+        if not scores:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fresh = not self.path.exists() or self.path.stat().st_size == 0  # (a kill may have cut its header short)
+        head = json.dumps({"setup": self.setup}) + "\n" if fresh else ""
+        body = "".join(json.dumps({"arch": a.to_dict(), "top1": v}) + "\n" for a, v in scores)
+        with open(self.path, "a") as f:
+            f.write(head + body)
+            f.flush()
+
+
 class EvalAccuracy:
     """Top-1 of each arch on held-out batches after BN recalibration on ``calib`` (both resized to the arch's
     resolution), cached per canonical arch; the supernet's BN statistics are restored after each call.
 
-    With a distributed ``ctx`` (torchrun) rank 0 calls it and every rank scores a share of each call's new archs
-    (rank r the r-th of every ``world_size``): the other ranks run :meth:`serve` until rank 0 calls :meth:`release`.
-    An arch's top-1 does not depend on the rank that scores it: each rank calibrates and evaluates on all the batches.
+    New archs are scored in chunks of ``chunk`` (default 4 per rank); with a ``log`` (:class:`ScoreLog`) the scores
+    it holds are used, and each chunk's are added to it as soon as they are known.
+
+    With a distributed ``ctx`` (torchrun) rank 0 calls it and every rank scores a share of each chunk (rank r the
+    r-th of every ``world_size``): the other ranks run :meth:`serve` until rank 0 calls :meth:`release`. An arch's
+    top-1 does not depend on the rank that scores it: each rank calibrates and evaluates on all the batches.
     """
 
-    def __init__(self, supernet, calib, heldout, *, amp: bool = False, progress: bool = False, ctx=None):
+    def __init__(
+        self,
+        supernet,
+        calib,
+        heldout,
+        *,
+        amp: bool = False,
+        progress: bool = False,
+        ctx=None,
+        log: ScoreLog | None = None,
+        chunk: int | None = None,
+    ):
         from deps_core.distributed import DistContext
         from deps_core.evaluate import CachedBatches
 
@@ -192,17 +264,28 @@ class EvalAccuracy:
         self.supernet, self.calib, self.heldout = supernet, calib, heldout
         self.amp, self.progress = amp, progress
         self.ctx = ctx if ctx is not None else DistContext()
-        self.cache: dict[Arch, float] = {}
+        self.log, self.chunk = log, chunk or 4 * self.ctx.world_size
+        self.cache: dict[Arch, float] = log.load() if log is not None and self.ctx.is_main else {}
+        self.reused = len(self.cache)  # scores read from the log
         self.scored_per_rank = [0] * self.ctx.world_size  # on rank 0: how many archs each rank scored
 
     def __call__(self, archs: Sequence[Arch]) -> list[float]:
+        from tqdm import tqdm
+
         if not self.ctx.is_main:
             raise RuntimeError(f"rank {self.ctx.rank} scores the archs rank 0 sends it: call serve(), not the scorer")
         keys = [a.canonical(self.supernet.spec) for a in archs]
         todo = list(dict.fromkeys(k for k in keys if k not in self.cache))
-        if todo:
-            self.ctx.broadcast_object(todo)
-            self.cache.update(zip(todo, self._share(todo)))
+        quiet = not self.progress or not todo
+        with tqdm(total=len(todo), desc="evaluating subnets", disable=quiet, leave=False) as bar:
+            for start in range(0, len(todo), self.chunk):
+                part = todo[start : start + self.chunk]
+                self.ctx.broadcast_object(part)
+                scores = self._share(part)
+                self.cache.update(zip(part, scores))
+                if self.log is not None:
+                    self.log.append(list(zip(part, scores)))
+                bar.update(len(part))
         return [self.cache[k] for k in keys]
 
     def serve(self) -> None:
@@ -239,8 +322,6 @@ class EvalAccuracy:
         return scores
 
     def _score(self, archs: list[Arch]) -> list[float]:
-        from tqdm import tqdm
-
         from deps_core.evaluate import calibrate_bn, evaluate
 
         net, out = self.supernet, []
@@ -248,7 +329,7 @@ class EvalAccuracy:
             return out
         saved = {k: v.clone() for k, v in net.named_buffers()}
         try:
-            for arch in tqdm(archs, desc="evaluating subnets", disable=not self.progress, leave=False):
+            for arch in archs:
                 calibrate_bn(net, arch, self.calib, resolution=arch.resolution, amp=self.amp)
                 out.append(evaluate(net, arch, self.heldout.at(arch.resolution), amp=self.amp)["top1"])
         finally:

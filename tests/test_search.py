@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -35,7 +36,9 @@ from deps_core.macs import subnet_macs
 from deps_core.predictor import AccuracyPredictor, ArchEncoder, fit_predictor
 from deps_core.search import (
     Budget,
+    EvalAccuracy,
     EvolutionConfig,
+    ScoreLog,
     evolution_search,
     parse_latency,
     parse_macs,
@@ -463,6 +466,72 @@ def test_search_under_torchrun_shares_the_scoring_and_finds_what_one_process_fin
     assert len(one["scored_per_rank"]) == 1 and len(two["scored_per_rank"]) == 2
     assert sum(two["scored_per_rank"]) == sum(one["scored_per_rank"]) and min(two["scored_per_rank"]) > 0
     assert proc.stdout.count("held-out top-1 %") == 1  # rank 0 alone reports
+    lines = Path(two["scores"]["path"]).read_text().splitlines()  # rank 0 saved every rank's scores
+    assert len(lines) == 1 + sum(two["scored_per_rank"])
+
+
+def test_a_second_search_of_the_same_setup_scores_nothing_anew(tiny_run, searched, env, tmp_path):
+    out = tmp_path / "again"
+    shutil.copytree(searched[0], out)
+    proc = _run(_deps(*_search_args(tiny_run, out)), env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = (json.loads((d / "search.json").read_text()) for d in (searched[0], out))
+    keys = ("budget", "arch", "accuracy", "heldout_top1", "macs", "evaluated", "history")
+    assert [{k: r[k] for k in keys} for r in one["results"]] == [{k: r[k] for k in keys} for r in two["results"]]
+    assert two["scored_per_rank"] == [0] and two["scores"]["reused"] == sum(one["scored_per_rank"]) > 0
+    assert f"reusing {two['scores']['reused']} scored subnets from {out}" in proc.stderr
+
+
+def _scoring_setup():
+    """A tiny untrained supernet, 6 distinct archs of it, random calibration and held-out batches (all seeded)."""
+    from deps_core.evaluate import CachedBatches
+
+    config = apply_overrides(load_preset("default"), TINY)
+    g = torch.Generator().manual_seed(0)
+    net = create_supernet(config.model.space, num_classes=10, generator=g, **config.model.space_kwargs()).eval()
+    archs = list(dict.fromkeys(uniform_arch(net.spec, g) for _ in range(12)))[:6]
+    calib = CachedBatches([(torch.randn(16, 3, 32, 32, generator=g), torch.randint(10, (16,), generator=g))])
+    heldout = CachedBatches([(torch.randn(24, 3, 32, 32, generator=g), torch.randint(10, (24,), generator=g))])
+    return net, archs, calib, heldout
+
+
+def test_scores_are_saved_as_they_come_and_a_search_of_the_same_setup_reuses_them(tmp_path):
+    net, archs, calib, heldout = _scoring_setup()
+    expected = EvalAccuracy(net, calib, heldout)(archs)
+    setup = {"checkpoint_sha256": "ab12", "heldout_images": 24}
+    log = ScoreLog(tmp_path, setup)
+    scorer = EvalAccuracy(net, calib, heldout, log=log, chunk=2)
+    chunks, score = [], scorer._score
+
+    def stopped_in_the_third_chunk(part):
+        if len(chunks) == 2:
+            raise KeyboardInterrupt
+        chunks.append(part)
+        return score(part)
+
+    scorer._score = stopped_in_the_third_chunk
+    with pytest.raises(KeyboardInterrupt):
+        scorer(archs)
+    assert len(log.path.read_text().splitlines()) == 1 + 4  # the setup, then the two chunks scored before the stop
+    with open(log.path, "a") as f:
+        f.write('{"arch": {"space": "ofa_mb')  # and a line a kill cut short
+
+    again = EvalAccuracy(net, calib, heldout, log=ScoreLog(tmp_path, dict(reversed(setup.items()))), chunk=2)
+    assert again.reused == 4
+    calls, score = [], again._score
+    again._score = lambda part: calls.append(part) or score(part)
+    assert again(archs) == expected and calls == [archs[4:]]  # the same scores, bit for bit; only two scored anew
+    assert ScoreLog(tmp_path, setup).load() == dict(zip(archs, expected))
+    other = ScoreLog(tmp_path, setup | {"checkpoint_sha256": "cd34"})  # another checkpoint: another file
+    assert other.path != log.path and other.load() == {}
+
+    lines = log.path.read_text().splitlines()
+    log.path.write_text("\n".join([*lines[:2], '{"top1": 0.5}', *lines[3:]]) + "\n")
+    with pytest.raises(ValueError, match=r"line 3: missing key 'arch'; move the file away to score anew"):
+        log.load()
+    log.path.write_text("\n".join(['{"setup": {"heldout_images": 25}}', *lines[1:]]) + "\n")
+    with pytest.raises(ValueError, match=r"scores-\w+\.jsonl line 1: it is not the header of this search's setup"):
+        log.load()
 
 
 def _score_on_rank(rank: int, folder: str) -> None:
@@ -470,18 +539,11 @@ def _score_on_rank(rank: int, folder: str) -> None:
     import torch.distributed as dist
 
     from deps_core.distributed import DistContext
-    from deps_core.evaluate import CachedBatches
-    from deps_core.search import EvalAccuracy
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=2)
     try:
-        config = apply_overrides(load_preset("default"), TINY)
-        g = torch.Generator().manual_seed(0)
-        net = create_supernet(config.model.space, num_classes=10, generator=g, **config.model.space_kwargs()).eval()
-        archs = list(dict.fromkeys(uniform_arch(net.spec, g) for _ in range(12)))[:6]
-        calib = CachedBatches([(torch.randn(16, 3, 32, 32, generator=g), torch.randint(10, (16,), generator=g))])
-        heldout = CachedBatches([(torch.randn(24, 3, 32, 32, generator=g), torch.randint(10, (24,), generator=g))])
+        net, archs, calib, heldout = _scoring_setup()
         scorer = EvalAccuracy(net, calib, heldout, ctx=DistContext(rank=rank, world_size=2))
         if rank == 1:
             calls, score = [], scorer._score
