@@ -219,14 +219,28 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _file_sha256(path: Path) -> str:
-    import hashlib
+def _eval_setup(net, config, ctx, amp: bool, *, reads_val: bool, **extra) -> dict:
+    """What decides a subnet's evaluation result, as a :class:`~deps_core.evaluate.ResultLog` keys its file: the
+    weights, the data fields that choose or transform images, the calibration set, the device and precision."""
+    from deps_core.evaluate import weights_digest
 
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    unused = ("num_workers", "val_batch_size") + (() if reads_val else ("val",))
+    return {
+        "weights_sha256": weights_digest(net),
+        "data": {k: v for k, v in config.to_dict()["data"].items() if k not in unused},
+        "calib_images": config.run.calib_images,
+        "calib_batch": config.run.calib_batch,
+        "seed": config.run.seed,
+        "device": ctx.device.type,
+        "amp": amp,
+    } | extra
+
+
+def _say_reused(log, archs, net, ctx) -> None:
+    if ctx.is_main:
+        reused = len({a.canonical(net.spec) for a in archs} & log.load().keys())
+        if reused:
+            print(f"reusing {reused} evaluated subnets from {log.path}", file=sys.stderr)
 
 
 def _cpu_settings(ctx, config) -> None:
@@ -244,14 +258,17 @@ def _cpu_settings(ctx, config) -> None:
 def _final_evaluation(trainer, data, config, ctx) -> dict | None:
     """BN recalibration and evaluation of the largest, the smallest and ``run.eval_archs`` more subnets (drawn per MAC
     bucket, or uniformly with ``run.eval_sampler=uniform``)."""
-    from deps_core.evaluate import CachedBatches, eval_archs, evaluate_archs, pareto_report
+    from deps_core.evaluate import CachedBatches, ResultLog, eval_archs, evaluate_archs, pareto_report
 
     net, run = trainer.supernet, config.run
     g = torch.Generator().manual_seed(run.seed + 12345)
     archs = eval_archs(net, g, run.eval_archs, sampler=run.eval_sampler, n_buckets=run.eval_buckets)
     calib = CachedBatches.from_loader(data.calib.epoch(0), max_images=run.calib_images, batch_size=run.calib_batch)
+    # a run stopped in its final evaluation goes on where it stopped (--resume): the results so far are on disk
+    log = ResultLog(trainer.out_dir, _eval_setup(net, config, ctx, trainer.amp, reads_val=True), "subnets")
+    _say_reused(log, archs, net, ctx)
     results = evaluate_archs(
-        net, archs, calib, data.val, amp=trainer.amp, ctx=ctx, progress=run.progress and ctx.is_main
+        net, archs, calib, data.val, amp=trainer.amp, ctx=ctx, progress=run.progress and ctx.is_main, log=log
     )
     return {"results": results, "pareto": pareto_report(net, results, run.eval_buckets)}
 
@@ -393,6 +410,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from deps_core.distributed import DistContext
     from deps_core.evaluate import (
         CachedBatches,
+        ResultLog,
         eval_archs,
         evaluate_archs,
         format_pareto_table,
@@ -431,7 +449,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         data.calib.epoch(0), max_images=config.run.calib_images, batch_size=config.run.calib_batch
     )
     amp = ctx.device.type == "cuda"
-    results = evaluate_archs(net, list(dict.fromkeys(archs)), calib, data.val, amp=amp, ctx=ctx, progress=ctx.is_main)
+    archs = list(dict.fromkeys(archs))
+    log = ResultLog(out, _eval_setup(net, config, ctx, amp, reads_val=True), "subnets")
+    _say_reused(log, archs, net, ctx)
+    results = evaluate_archs(net, archs, calib, data.val, amp=amp, ctx=ctx, progress=ctx.is_main, log=log)
     ctx.shutdown()
     if not ctx.is_main:
         return 0
@@ -517,6 +538,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     from deps_core.config import apply_overrides
     from deps_core.data import search_splits
     from deps_core.distributed import DistContext
+    from deps_core.evaluate import ResultLog
     from deps_core.latency import LatencyTable
     from deps_core.predictor import AccuracyPredictor, ArchEncoder, fit_predictor
     from deps_core.search import (
@@ -524,7 +546,6 @@ def _cmd_search(args: argparse.Namespace) -> int:
         EvalAccuracy,
         EvolutionConfig,
         PredictorAccuracy,
-        ScoreLog,
         check_budget,
         evolution_search,
         release_scorers,
@@ -594,21 +615,9 @@ def _cmd_search(args: argparse.Namespace) -> int:
             )
         if data_classes != classes:
             raise ValueError(f"the data has {data_classes} classes, the checkpoint's supernet {classes}")
-        unused = ("num_workers", "val", "val_batch_size")  # the data fields that do not change a score
-        data_setup = {k: v for k, v in config.to_dict()["data"].items() if k not in unused}
-        log = ScoreLog(  # what decides a score: scores of the same setup from an earlier search are reused
-            out,
-            {
-                "checkpoint_sha256": _file_sha256(ckpt),
-                "data": data_setup,
-                "calib_images": calib.num_images,
-                "calib_batch": config.run.calib_batch,
-                "seed": config.run.seed,
-                "heldout_images": heldout.num_images,
-                "device": ctx.device.type,
-                "amp": amp,
-            },
-        )
+        # what decides a score: the scores of an earlier search of the same setup are reused
+        setup = _eval_setup(net, config, ctx, amp, reads_val=False, heldout_images=heldout.num_images)
+        log = ResultLog(out, setup, "scores")
         progress = args.accuracy == "predictor"
         evaluator = EvalAccuracy(net, calib, heldout, amp=amp, progress=progress, ctx=ctx, log=log)
         if evaluator.reused:

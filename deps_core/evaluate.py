@@ -47,6 +47,8 @@ __all__ = [
     "report_to_json",
     "save_results",
     "load_results",
+    "ResultLog",
+    "weights_digest",
 ]
 
 
@@ -344,6 +346,71 @@ def load_results(path: str | os.PathLike) -> list[ArchResult]:
         raise ValueError(f"{path} is not a list of subnet results as subnets.json holds: {detail}") from None
 
 
+def weights_digest(module: torch.nn.Module) -> str:
+    """SHA-256 of a module's state (names, dtypes, shapes and bytes of every parameter and buffer): equal for equal
+    weights wherever they live and however their checkpoint was written."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, value in sorted(module.state_dict().items()):
+        t = value.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+class ResultLog:
+    """Results of one evaluation setup on disk, one JSON line per arch, appended as they come: a command that stops
+    (Ctrl-C, a crash, a scheduler) keeps every subnet it evaluated, and the next one of the same setup reuses them.
+
+    ``setup``: what decides a result (the weights' digest, the data, the calibration and evaluation splits); the file
+    is ``<name>-<digest of setup>.jsonl`` in ``folder`` and begins with a line holding ``setup``, so another setup
+    never reads this one's results. A last line cut short by a kill is dropped; any other bad line is an error.
+    """
+
+    def __init__(self, folder: str | os.PathLike, setup: dict[str, Any], name: str = "results"):
+        import hashlib
+        from pathlib import Path
+
+        self.setup = json.loads(json.dumps(setup))  # as it reads back
+        digest = hashlib.sha256(json.dumps(self.setup, sort_keys=True).encode()).hexdigest()[:16]
+        self.path = Path(folder) / f"{name}-{digest}.jsonl"
+
+    def load(self) -> dict[Arch, dict[str, Any]]:
+        """The results saved so far, by arch (none when the file does not exist yet)."""
+        if not self.path.exists():
+            return {}
+        data = self.path.read_bytes()
+        lines = data.split(b"\n")
+        if lines[-1]:  # a line a kill cut short: dropped, so the next append starts a line of its own
+            with open(self.path, "r+b") as f:
+                f.truncate(len(data) - len(lines[-1]))
+        results: dict[Arch, dict[str, Any]] = {}
+        for number, line in enumerate(lines[:-1], 1):
+            try:
+                record = json.loads(line)
+                if number == 1 and record != {"setup": self.setup}:
+                    raise ValueError("it is not the header of this setup")
+                if number > 1:
+                    results[Arch.from_dict(record.pop("arch"))] = record
+            except (ValueError, KeyError, TypeError, AttributeError) as err:
+                what = f"missing key {err}" if isinstance(err, KeyError) else str(err)
+                raise ValueError(f"{self.path} line {number}: {what}; move the file away to evaluate anew") from None
+        return results
+
+    def append(self, results: Sequence[tuple[Arch, dict[str, Any]]]) -> None:
+        """Add ``(arch, values)`` records and flush them to the file."""
+        if not results:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fresh = not self.path.exists() or self.path.stat().st_size == 0  # (a kill may have cut its header short)
+        head = json.dumps({"setup": self.setup}) + "\n" if fresh else ""
+        body = "".join(json.dumps({"arch": a.to_dict()} | values) + "\n" for a, values in results)
+        with open(self.path, "a") as f:
+            f.write(head + body)
+            f.flush()
+
+
 def evaluate_archs(
     supernet: Supernet,
     archs: Sequence[Arch],
@@ -354,17 +421,32 @@ def evaluate_archs(
     progress: bool = True,
     keep_bn: bool = True,
     ctx: DistContext | None = None,
+    log: ResultLog | None = None,
 ) -> list[ArchResult]:
-    """Calibrate BN and evaluate each arch; ``keep_bn`` restores the supernet's BN statistics afterwards."""
+    """Calibrate BN and evaluate each arch; ``keep_bn`` restores the supernet's BN statistics afterwards.
+
+    ``log``: results it holds are taken as they are (rank 0 reads it and tells the other ranks), each new one is
+    added to it (by rank 0) as soon as it is known.
+    """
     from tqdm import tqdm
 
+    ctx = ctx if ctx is not None else DistContext()
+    done = {}
+    if log is not None:
+        done = ctx.broadcast_object(log.load() if ctx.is_main else None)
     saved = {k: v.clone() for k, v in supernet.named_buffers()} if keep_bn else None
     out = []
     try:
         for arch in tqdm(archs, desc="evaluating subnets", disable=not progress, dynamic_ncols=True):
+            key = arch.canonical(supernet.spec)
+            if key in done:
+                out.append(ArchResult.from_dict(done[key] | {"arch": arch.to_dict()}))
+                continue
             calibrate_bn(supernet, arch, calib, amp=amp)
             r = evaluate(supernet, arch, val, amp=amp, ctx=ctx)
             out.append(ArchResult(arch, supernet.macs(arch), r["top1"], r["top5"], r["loss"]))
+            if log is not None and ctx.is_main:
+                log.append([(key, {k: v for k, v in out[-1].to_dict().items() if k != "arch"})])
     finally:
         if saved is not None:
             with torch.no_grad():

@@ -40,7 +40,6 @@ __all__ = [
     "EvolutionConfig",
     "SearchResult",
     "EvalAccuracy",
-    "ScoreLog",
     "PredictorAccuracy",
     "release_scorers",
     "evolution_search",
@@ -174,69 +173,13 @@ class SearchResult:
 # --- accuracy sources ---------------------------------------------------------------------------------------------
 
 
-class ScoreLog:
-    """Scores of one evaluation setup on disk, one JSON line per arch, appended as they come: a search that stops
-    (Ctrl-C, a crash, a scheduler) keeps every subnet it scored, and the next search of the same setup reuses them.
-
-    ``setup``: what decides an arch's score (the checkpoint's digest, the data, the calibration and held-out splits);
-    the file is ``scores-<digest of setup>.jsonl`` in ``folder`` and begins with a line holding ``setup``, so another
-    setup never reads this one's scores. A last line cut short by a kill is dropped; any other bad line is an error.
-    """
-
-    def __init__(self, folder, setup: dict[str, Any]):
-        import hashlib
-        import json
-        from pathlib import Path
-
-        self.setup = json.loads(json.dumps(setup))  # as it reads back
-        digest = hashlib.sha256(json.dumps(self.setup, sort_keys=True).encode()).hexdigest()[:16]
-        self.path = Path(folder) / f"scores-{digest}.jsonl"
-
-    def load(self) -> dict[Arch, float]:
-        """The scores saved so far (none when the file does not exist yet)."""
-        import json
-
-        if not self.path.exists():
-            return {}
-        data = self.path.read_bytes()
-        lines = data.split(b"\n")
-        complete = lines[:-1]  # the part after the last newline: empty, or a line a kill cut short
-        if lines[-1]:
-            with open(self.path, "r+b") as f:  # drop it, so the next append starts a line of its own
-                f.truncate(len(data) - len(lines[-1]))
-        scores: dict[Arch, float] = {}
-        for number, line in enumerate(complete, 1):
-            try:
-                record = json.loads(line)
-                if number == 1 and record != {"setup": self.setup}:
-                    raise ValueError("it is not the header of this search's setup")
-                if number > 1:
-                    scores[Arch.from_dict(record["arch"])] = float(record["top1"])
-            except (ValueError, KeyError, TypeError) as err:
-                what = f"missing key {err}" if isinstance(err, KeyError) else str(err)
-                raise ValueError(f"{self.path} line {number}: {what}; move the file away to score anew") from None
-        return scores
-
-    def append(self, scores: Sequence[tuple[Arch, float]]) -> None:
-        import json
-
-        if not scores:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fresh = not self.path.exists() or self.path.stat().st_size == 0  # (a kill may have cut its header short)
-        head = json.dumps({"setup": self.setup}) + "\n" if fresh else ""
-        body = "".join(json.dumps({"arch": a.to_dict(), "top1": v}) + "\n" for a, v in scores)
-        with open(self.path, "a") as f:
-            f.write(head + body)
-            f.flush()
-
-
 class EvalAccuracy:
     """Top-1 of each arch on held-out batches after BN recalibration on ``calib`` (both resized to the arch's
     resolution), cached per canonical arch; the supernet's BN statistics are restored after each call.
 
-    New archs are scored in chunks of ``chunk`` (default 4 per rank); with a ``log`` (:class:`ScoreLog`) the scores
-    it holds are used, and each chunk's are added to it as soon as they are known.
+    New archs are scored in chunks of ``chunk`` (default 4 per rank); with a ``log``
+    (:class:`~deps_core.evaluate.ResultLog`) the scores it holds are used, and each chunk's are added to it as soon as
+    they are known.
 
     With a distributed ``ctx`` (torchrun) rank 0 calls it and every rank scores a share of each chunk (rank r the
     r-th of every ``world_size``): the other ranks run :meth:`serve` until rank 0 calls :meth:`release`. An arch's
@@ -252,7 +195,7 @@ class EvalAccuracy:
         amp: bool = False,
         progress: bool = False,
         ctx=None,
-        log: ScoreLog | None = None,
+        log=None,
         chunk: int | None = None,
     ):
         from deps_core.distributed import DistContext
@@ -265,7 +208,8 @@ class EvalAccuracy:
         self.amp, self.progress = amp, progress
         self.ctx = ctx if ctx is not None else DistContext()
         self.log, self.chunk = log, chunk or 4 * self.ctx.world_size
-        self.cache: dict[Arch, float] = log.load() if log is not None and self.ctx.is_main else {}
+        saved = log.load() if log is not None and self.ctx.is_main else {}
+        self.cache: dict[Arch, float] = {a: float(r["top1"]) for a, r in saved.items()}
         self.reused = len(self.cache)  # scores read from the log
         self.scored_per_rank = [0] * self.ctx.world_size  # on rank 0: how many archs each rank scored
 
@@ -284,7 +228,7 @@ class EvalAccuracy:
                 scores = self._share(part)
                 self.cache.update(zip(part, scores))
                 if self.log is not None:
-                    self.log.append(list(zip(part, scores)))
+                    self.log.append([(a, {"top1": v}) for a, v in zip(part, scores)])
                 bar.update(len(part))
         return [self.cache[k] for k in keys]
 

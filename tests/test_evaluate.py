@@ -12,16 +12,19 @@ from deps_core.arch import Arch, uniform_arch
 from deps_core.evaluate import (
     ArchResult,
     CachedBatches,
+    ResultLog,
     bucket_archs,
     calibrate_bn,
     eval_archs,
     evaluate,
+    evaluate_archs,
     format_pareto_table,
     load_results,
     mean_pareto_accuracy,
     pareto_buckets,
     pareto_report,
     save_results,
+    weights_digest,
 )
 from deps_core.export import build_static, extract_subnet, subnet_config
 from deps_core.spaces import create_supernet
@@ -226,3 +229,38 @@ def test_saved_results_load_back_and_bad_files_are_named(tmp_path):
             path.write_bytes(text)
         with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}.*{message}"):
             load_results(path)
+
+
+def test_evaluate_archs_keeps_each_result_as_it_comes_and_reuses_those_of_the_same_setup(net64, tmp_path, monkeypatch):
+    import deps_core.evaluate as E
+
+    g = torch.Generator().manual_seed(5)
+    archs = [net64.max_arch(), *(uniform_arch(net64.spec, g) for _ in range(3)), net64.min_arch()]
+    calib = CachedBatches([(torch.randn(8, 3, 32, 32, generator=g, dtype=torch.float64), torch.zeros(8).long())])
+    val = [(torch.randn(12, 3, 32, 32, generator=g, dtype=torch.float64), torch.randint(10, (12,), generator=g))]
+    expected = evaluate_archs(net64, archs, calib, val, progress=False)
+    setup = {"weights_sha256": weights_digest(net64), "val": 12}
+    calls, real = [], E.evaluate
+
+    def stops_at_the_fourth(net, arch, *args, **kwargs):
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        calls.append(arch)
+        return real(net, arch, *args, **kwargs)
+
+    monkeypatch.setattr(E, "evaluate", stops_at_the_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_archs(net64, archs, calib, val, progress=False, log=ResultLog(tmp_path, setup, "subnets"))
+    calls.clear()
+    monkeypatch.setattr(E, "evaluate", lambda net, arch, *a, **k: calls.append(arch) or real(net, arch, *a, **k))
+    again = evaluate_archs(net64, archs, calib, val, progress=False, log=ResultLog(tmp_path, setup, "subnets"))
+    assert again == expected and calls == archs[3:]  # the same results, bit for bit; the last two evaluated anew
+    assert len(list(tmp_path.glob("subnets-*.jsonl"))) == 1
+
+    # the digest follows the weights, not where they are or how they were saved
+    twin = create_supernet("ofa_mbv3_32", num_classes=10, width_mult=0.25).double()
+    twin.load_state_dict(net64.state_dict())
+    assert weights_digest(twin) == weights_digest(net64)
+    with torch.no_grad():
+        next(twin.parameters()).view(-1)[0] += 1e-12
+    assert weights_digest(twin) != weights_digest(net64)

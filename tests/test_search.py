@@ -31,6 +31,7 @@ from deps_core.arch import Arch, max_arch, min_arch, uniform_arch
 from deps_core.checkpoint import CheckpointError, save_checkpoint, supernet_from_checkpoint
 from deps_core.cli import main
 from deps_core.config import apply_overrides, load_preset
+from deps_core.evaluate import ResultLog
 from deps_core.latency import LatencyTable, block_keys, measure_subnet_latency
 from deps_core.macs import subnet_macs
 from deps_core.predictor import AccuracyPredictor, ArchEncoder, fit_predictor
@@ -38,7 +39,6 @@ from deps_core.search import (
     Budget,
     EvalAccuracy,
     EvolutionConfig,
-    ScoreLog,
     evolution_search,
     parse_latency,
     parse_macs,
@@ -498,8 +498,8 @@ def _scoring_setup():
 def test_scores_are_saved_as_they_come_and_a_search_of_the_same_setup_reuses_them(tmp_path):
     net, archs, calib, heldout = _scoring_setup()
     expected = EvalAccuracy(net, calib, heldout)(archs)
-    setup = {"checkpoint_sha256": "ab12", "heldout_images": 24}
-    log = ScoreLog(tmp_path, setup)
+    setup = {"weights_sha256": "ab12", "heldout_images": 24}
+    log = ResultLog(tmp_path, setup, "scores")
     scorer = EvalAccuracy(net, calib, heldout, log=log, chunk=2)
     chunks, score = [], scorer._score
 
@@ -516,21 +516,21 @@ def test_scores_are_saved_as_they_come_and_a_search_of_the_same_setup_reuses_the
     with open(log.path, "a") as f:
         f.write('{"arch": {"space": "ofa_mb')  # and a line a kill cut short
 
-    again = EvalAccuracy(net, calib, heldout, log=ScoreLog(tmp_path, dict(reversed(setup.items()))), chunk=2)
+    again = EvalAccuracy(net, calib, heldout, log=ResultLog(tmp_path, dict(reversed(setup.items())), "scores"), chunk=2)
     assert again.reused == 4
     calls, score = [], again._score
     again._score = lambda part: calls.append(part) or score(part)
     assert again(archs) == expected and calls == [archs[4:]]  # the same scores, bit for bit; only two scored anew
-    assert ScoreLog(tmp_path, setup).load() == dict(zip(archs, expected))
-    other = ScoreLog(tmp_path, setup | {"checkpoint_sha256": "cd34"})  # another checkpoint: another file
+    assert ResultLog(tmp_path, setup, "scores").load() == {a: {"top1": v} for a, v in zip(archs, expected)}
+    other = ResultLog(tmp_path, setup | {"weights_sha256": "cd34"}, "scores")  # another checkpoint: another file
     assert other.path != log.path and other.load() == {}
 
     lines = log.path.read_text().splitlines()
     log.path.write_text("\n".join([*lines[:2], '{"top1": 0.5}', *lines[3:]]) + "\n")
-    with pytest.raises(ValueError, match=r"line 3: missing key 'arch'; move the file away to score anew"):
+    with pytest.raises(ValueError, match=r"line 3: missing key 'arch'; move the file away to evaluate anew"):
         log.load()
     log.path.write_text("\n".join(['{"setup": {"heldout_images": 25}}', *lines[1:]]) + "\n")
-    with pytest.raises(ValueError, match=r"scores-\w+\.jsonl line 1: it is not the header of this search's setup"):
+    with pytest.raises(ValueError, match=r"scores-\w+\.jsonl line 1: it is not the header of this setup"):
         log.load()
 
 

@@ -283,6 +283,11 @@ def test_a_tiny_run_writes_logs_checkpoints_report_and_plot(full_run):
     }
     assert (out / "pareto.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "checkpoints" / "last.pt").exists() and (out / "checkpoints" / "prev.pt").exists()
+    # the final evaluation's results as they came (a run stopped in it goes on from them): those of subnets.json
+    (log,) = out.glob("subnets-*.jsonl")
+    logged = [json.loads(line) for line in log.read_text().splitlines()]
+    assert "weights_sha256" in logged[0]["setup"]
+    assert logged[1:] == json.loads((out / "subnets.json").read_text())
     assert "mean pareto accuracy" in proc.stdout
     state = load_checkpoint(out / "checkpoints" / "last.pt")
     assert state["strategy_state"]["reorganized"] == ["shrink"]
@@ -674,10 +679,17 @@ def test_eval_under_torchrun_gives_the_one_process_accuracies(full_run, env, tmp
     args = ["eval", "--checkpoint", str(out), "--archs", "2", "data.synthetic_val_size=127", "run.device=cpu"]
     one = _run([sys.executable, "-m", "deps_core.cli", *args, "--out", str(tmp_path / "one")], env)
     assert one.returncode == 0, one.stderr[-3000:]
+    # as if an earlier evaluation had stopped after the first subnet: every rank skips it (rank 0 read the results)
+    (log,) = (tmp_path / "one").glob("subnets-*.jsonl")
+    (tmp_path / "two").mkdir()
+    (tmp_path / "two" / log.name).write_text("".join(log.read_text().splitlines(keepends=True)[:2]))
     two = _run(_torchrun("-m", "deps_core.cli", *args, "--out", str(tmp_path / "two")), env | {"TMPDIR": str(tmp_path)})
     assert two.returncode == 0, two.stderr[-3000:]
+    assert f"reusing 1 evaluated subnets from {tmp_path / 'two' / log.name}" in two.stderr
     a, b = (json.loads((tmp_path / d / "subnets.json").read_text()) for d in ("one", "two"))
     assert [r["arch"] for r in a] == [r["arch"] for r in b] and len(a) == 4
+    logged = [json.loads(line) for line in (tmp_path / "two" / log.name).read_text().splitlines()]
+    assert [r["arch"] for r in logged[1:]] == [r["arch"] for r in a]  # rank 0 logged the other three, once each
     for ra, rb in zip(a, b):
         assert (ra["top1"], ra["top5"]) == (rb["top1"], rb["top5"])  # counts over 127 images: exact
         assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-5)
