@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -62,4 +63,10 @@ def main(mode: str, out: Path) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1], Path(sys.argv[2])))
+    code = main(sys.argv[1], Path(sys.argv[2]))
+    # leave without the interpreter's teardown: after a gloo group, it rarely aborts ("terminate called without an
+    # active exception", no Python frame left; about 1 run in 10 to 30 under pytest on a loaded 2-core machine, never
+    # before the results above are written), which torchrun reports as this test's failure
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
