@@ -17,6 +17,7 @@ Bad input (an unknown key, an invalid value, a missing file) is a one-line error
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import signal
@@ -529,6 +530,9 @@ def _search_resolutions(args: argparse.Namespace, net, config) -> list[int]:
     return sorted(set(res))
 
 
+SEARCH_WAIT = datetime.timedelta(hours=6)  # the longest a search's rank may wait for rank 0 (torchrun)
+
+
 def _cmd_search(args: argparse.Namespace) -> int:
     """Evolutionary search for the most accurate subnet under each MACs/latency budget; writes arch JSON files."""
     import attrs
@@ -582,7 +586,9 @@ def _cmd_search(args: argparse.Namespace) -> int:
     )
     out = _output_dir(args.out or ckpt.parent.parent / "search", "--out")
 
-    ctx = DistContext.from_env(config.run.device)
+    # under torchrun the other ranks wait, inside a collective, while rank 0 measures latencies, fits the predictor
+    # or evolves on predicted accuracies alone: minutes to hours, beyond torch's default timeouts (NCCL: 10 minutes)
+    ctx = DistContext.from_env(config.run.device, timeout=SEARCH_WAIT)
     _cpu_settings(ctx, config)
     net = net.to(ctx.device)
     heldout_images = args.heldout_images or min(2000, config.data.holdout or 2000)

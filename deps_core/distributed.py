@@ -6,6 +6,7 @@ NCCL on CUDA, gloo on CPU; otherwise it is a single process and every collective
 
 from __future__ import annotations
 
+import datetime
 import os
 
 import attrs
@@ -34,8 +35,12 @@ class DistContext:
         return self.world_size > 1
 
     @classmethod
-    def from_env(cls, device: str = "auto") -> DistContext:
-        """Join the process group named by torchrun's environment (if any) and pick this rank's device."""
+    def from_env(cls, device: str = "auto", *, timeout: datetime.timedelta | None = None) -> DistContext:
+        """Join the process group named by torchrun's environment (if any) and pick this rank's device.
+
+        ``timeout``: how long a collective may wait for the other ranks (torch's default: 10 minutes with NCCL, 30 with
+        gloo); a command whose ranks wait while rank 0 works alone needs more.
+        """
         world = int(os.environ.get("WORLD_SIZE", "1"))
         rank = int(os.environ.get("RANK", "0"))
         local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -49,7 +54,8 @@ class DistContext:
         else:
             dev = torch.device("cpu")
         if world > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+            extra = {"timeout": timeout} if timeout is not None else {}
+            dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", **extra)
         torchrun = "TORCHELASTIC_RUN_ID" in os.environ
         return cls(rank=rank, world_size=world, local_rank=local, device=dev, torchrun=torchrun)
 

@@ -586,6 +586,44 @@ def _score_on_rank(rank: int, folder: str) -> None:
         dist.destroy_process_group()
 
 
+def _wait_on_rank(rank: int, port: int, folder: str) -> None:
+    """A rank of a 2-process group made by ``DistContext.from_env`` with a 2 s timeout: rank 1 waits for a broadcast
+    that rank 0 sends only after 5 s."""
+    import datetime
+
+    from deps_core.distributed import DistContext
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK="0")
+    ctx = DistContext.from_env("cpu", timeout=datetime.timedelta(seconds=2))
+    if rank == 0:
+        time.sleep(5)
+    start = time.monotonic()
+    try:
+        ctx.broadcast_object("late")
+        outcome = "received"
+    except RuntimeError as err:
+        outcome = f"{type(err).__name__}: {err}"
+    (Path(folder) / f"rank{rank}.json").write_text(json.dumps([outcome, time.monotonic() - start]))
+    os._exit(0)  # (no teardown of a group whose peer gave up)
+
+
+def test_a_process_group_waits_as_long_as_its_timeout_says(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from deps_core.cli import SEARCH_WAIT
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_wait_on_rank, args=(port, str(tmp_path)), nprocs=2)
+    outcome, waited = json.loads((tmp_path / "rank1.json").read_text())
+    assert outcome != "received" and "timed out" in outcome.lower() and 1.5 < waited < 4.5, (outcome, waited)
+    # deps search's ranks wait for rank 0 inside a collective far longer than torch's defaults (NCCL: 10 minutes)
+    assert SEARCH_WAIT.total_seconds() >= 3600
+
+
 def test_eval_accuracy_shares_each_call_over_the_ranks_and_names_a_rank_that_failed(tmp_path):
     import torch.multiprocessing as mp
 
