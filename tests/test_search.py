@@ -470,15 +470,13 @@ def test_search_under_torchrun_shares_the_scoring_and_finds_what_one_process_fin
     assert len(lines) == 1 + sum(two["scored_per_rank"])
 
 
-def test_under_torchrun_an_error_on_rank_0_releases_the_ranks_waiting_for_subnets(tiny_run, env, tmp_path):
-    # the latency budget is found infeasible on rank 0 alone (it measures), after the other rank began to wait
+def test_under_torchrun_an_error_on_rank_0_is_one_line_and_keeps_its_measurements(tiny_run, env, tmp_path):
+    # the latency budget is found infeasible on rank 0 alone (it measures), after the other rank began to wait; rank 0
+    # lets it go (whether it then ends by itself or by torchrun's SIGTERM once rank 0 has failed is a race)
     args = ["search", "--checkpoint", str(tiny_run), "--latency", "1us", *SEARCH_COMMON, "--out", str(tmp_path)]
     proc = _run(_torchrun("-m", "deps_core.cli", *args), env | {"TMPDIR": str(tmp_path)}, timeout=180)
-    assert proc.returncode != 0
+    assert proc.returncode != 0 and "exitcode  : 2" in proc.stderr  # rank 0's exit status for a bad input
     assert proc.stderr.count("deps search: error: latency budget 0.001 ms is below the smallest subnet's") == 1
-    # rank 0 failed with exit 2; rank 1 was let go and ended well, instead of waiting for subnets until its peer was
-    # gone (gloo: "Connection closed by peer" on rank 1, torchrun then lists it as failed too; NCCL: a hang)
-    assert "exitcode  : 2" in proc.stderr and "local_rank: 1" not in proc.stderr and "[rank1]" not in proc.stderr
     assert (tmp_path / "latency_table.json").is_file()  # what rank 0 measured is kept
 
 
