@@ -222,13 +222,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _eval_setup(net, config, ctx, amp: bool, *, reads_val: bool, **extra) -> dict:
     """What decides a subnet's evaluation result, as a :class:`~deps_core.evaluate.ResultLog` keys its file: the
-    weights, the data fields that choose or transform images, the calibration set, the device and precision."""
-    from deps_core.evaluate import weights_digest
+    weights, the data fields that choose or transform images (the data files by what they hold, not where they lie),
+    the calibration set, the device and precision."""
+    from deps_core.evaluate import data_digest, weights_digest
 
     unused = ("num_workers", "val_batch_size") + (() if reads_val else ("val",))
+    data = {k: v for k, v in config.to_dict()["data"].items() if k not in unused}
+    for k in ("train", "val"):
+        if data.get(k) is not None:
+            data[k] = data_digest(data[k])
     return {
         "weights_sha256": weights_digest(net),
-        "data": {k: v for k, v in config.to_dict()["data"].items() if k not in unused},
+        "data": data,
         "calib_images": config.run.calib_images,
         "calib_batch": config.run.calib_batch,
         "seed": config.run.seed,

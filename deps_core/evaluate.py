@@ -49,6 +49,7 @@ __all__ = [
     "load_results",
     "ResultLog",
     "weights_digest",
+    "data_digest",
 ]
 
 
@@ -356,6 +357,39 @@ def weights_digest(module: torch.nn.Module) -> str:
         t = value.detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+DIGEST_CHUNKS = 16  # data_digest reads this many 1 MiB chunks of a larger file, evenly spread, first and last included
+_CHUNK = 1 << 20
+
+
+def data_digest(path: str | os.PathLike) -> str:
+    """SHA-256 of what a data path holds, not of where it lies: a copy at another path (a job's node-local scratch, a
+    moved dataset) gives the same digest. A file of up to 16 MiB is read whole; a larger one gives its size and 16 MiB
+    read in 1 MiB chunks spread evenly over it, first and last included (an ImageNet .beton's header, its metadata
+    table's start and its allocation table's end among them), in well under a second; a folder (ImageFolder) gives
+    every file's relative path and size."""
+    import hashlib
+    from pathlib import Path
+
+    path = Path(path)
+    h = hashlib.sha256()
+    if path.is_dir():
+        for f in sorted(p for p in path.rglob("*") if p.is_file()):
+            h.update(f"{f.relative_to(path).as_posix()}|{f.stat().st_size}\n".encode())
+        return h.hexdigest()
+    if not path.is_file():
+        raise ValueError(f"{path}: no such data file or folder")
+    size = path.stat().st_size
+    h.update(f"{size}|".encode())
+    with open(path, "rb") as f:
+        if size <= DIGEST_CHUNKS * _CHUNK:
+            h.update(f.read())
+        else:
+            for i in range(DIGEST_CHUNKS):
+                f.seek(i * (size - _CHUNK) // (DIGEST_CHUNKS - 1))
+                h.update(f.read(_CHUNK))
     return h.hexdigest()
 
 

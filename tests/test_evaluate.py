@@ -4,6 +4,7 @@ empty-calibration-set errors."""
 from __future__ import annotations
 
 import re
+import shutil
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from deps_core.evaluate import (
     ResultLog,
     bucket_archs,
     calibrate_bn,
+    data_digest,
     eval_archs,
     evaluate,
     evaluate_archs,
@@ -264,3 +266,42 @@ def test_evaluate_archs_keeps_each_result_as_it_comes_and_reuses_those_of_the_sa
     with torch.no_grad():
         next(twin.parameters()).view(-1)[0] += 1e-12
     assert weights_digest(twin) != weights_digest(net64)
+
+
+def test_the_data_digest_follows_what_a_file_or_folder_holds_not_where_it_lies(tmp_path):
+    import deps_core.evaluate as E
+
+    g = torch.Generator().manual_seed(0)
+    big = torch.randint(0, 256, (E.DIGEST_CHUNKS * 2**20 + 12345,), generator=g, dtype=torch.uint8).numpy().tobytes()
+    small = big[:1000]
+    (tmp_path / "a").mkdir()
+    for name, data in (("big.beton", big), ("small.beton", small)):
+        (tmp_path / "a" / name).write_bytes(data)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")  # the same data elsewhere (a node's scratch, a moved dataset)
+    for name in ("big.beton", "small.beton"):
+        assert data_digest(tmp_path / "a" / name) == data_digest(str(tmp_path / "b" / name))
+    assert data_digest(tmp_path / "a") == data_digest(tmp_path / "b")
+    assert len({data_digest(tmp_path / "a" / n) for n in ("big.beton", "small.beton")}) == 2
+
+    def changed(name: str, at: int) -> str:
+        data = bytearray((tmp_path / "a" / name).read_bytes())
+        data[at] ^= 1
+        (tmp_path / "b" / name).write_bytes(data)
+        return data_digest(tmp_path / "b" / name)
+
+    same = data_digest(tmp_path / "a" / "big.beton")
+    # a large file: its size and its first, last and evenly spread MiBs (a beton's header and tables among them)
+    assert changed("big.beton", 0) != same and changed("big.beton", len(big) - 1) != same
+    assert changed("big.beton", (len(big) - 2**20) // (E.DIGEST_CHUNKS - 1) * 7 + 5) != same
+    (tmp_path / "b" / "big.beton").write_bytes(big + b"\0")
+    assert data_digest(tmp_path / "b" / "big.beton") != same
+    assert changed("small.beton", 999) != data_digest(tmp_path / "a" / "small.beton")  # a small file: every byte
+    # a folder (ImageFolder): each file's relative path and size, not its bytes
+    shutil.rmtree(tmp_path / "b")
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    changed("small.beton", 0)
+    assert data_digest(tmp_path / "a") == data_digest(tmp_path / "b")
+    (tmp_path / "b" / "small.beton").rename(tmp_path / "b" / "other.beton")
+    assert data_digest(tmp_path / "a") != data_digest(tmp_path / "b")
+    with pytest.raises(ValueError, match="no such data file or folder"):
+        data_digest(tmp_path / "missing.beton")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -648,28 +649,29 @@ def test_corrupt_checkpoint_is_a_clear_error_naming_the_file(full_run, env, tmp_
 
 def test_eval_command_recalibrates_and_writes_the_pareto_report(full_run, env, tmp_path):
     out, _ = full_run
-    proc = _run(
-        [
-            sys.executable,
-            "-m",
-            "deps_core.cli",
-            "eval",
-            "--checkpoint",
-            str(out),
-            "--archs",
-            "3",
-            "--out",
-            str(tmp_path / "eval"),
-            "--overlay",
-            f"again={out / 'subnets.json'}",
-        ],
-        env,
-    )
+    (tmp_path / "a").mkdir()  # the run's data as .beton files, as a job that copies them to its node's scratch has
+    for split, n in (("train", 384), ("val", 128)):
+        (beton,) = (Path(env["DEPS_CACHE"]) / "synthetic").glob(f"synthetic-*-n{n}-s0-{split}.beton")
+        shutil.copy(beton, tmp_path / "a" / f"{split}.beton")
+
+    def evaluate(where: str) -> subprocess.CompletedProcess:
+        data = [f"data.{split}={tmp_path / where / f'{split}.beton'}" for split in ("train", "val")]
+        args = ["--archs", "3", "--out", str(tmp_path / "eval"), "--overlay", f"again={out / 'subnets.json'}"]
+        cmd = [sys.executable, "-m", "deps_core.cli", "eval", "--checkpoint", str(out), *args, "data.source=beton"]
+        return _run([*cmd, *data], env)
+
+    proc = evaluate("a")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "mean pareto accuracy" in proc.stdout
     results = json.loads((tmp_path / "eval" / "subnets.json").read_text())
     assert len(results) >= 3 and all(0 <= r["top1"] <= 1 for r in results)
     assert (tmp_path / "eval" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+    # the next job's scratch is elsewhere: the results are keyed by what the data files hold, not where they lie
+    (tmp_path / "a").rename(tmp_path / "b")
+    again = evaluate("b")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"reusing {len(results)} evaluated subnets" in again.stderr
+    assert json.loads((tmp_path / "eval" / "subnets.json").read_text()) == results
 
 
 def test_eval_under_torchrun_gives_the_one_process_accuracies(full_run, env, tmp_path):
