@@ -7,6 +7,7 @@ NCCL on CUDA, gloo on CPU; otherwise it is a single process and every collective
 from __future__ import annotations
 
 import datetime
+import importlib
 import os
 
 import attrs
@@ -54,6 +55,12 @@ class DistContext:
         else:
             dev = torch.device("cpu")
         if world > 1 and not dist.is_initialized():
+            # torch.optim imports torch._dynamo on first use; imported after the group exists, it keeps references to
+            # the group that destroy_process_group does not drop, so gloo's worker threads live on into the
+            # interpreter's exit, where one freeing its last collective's tensors needs the GIL and aborts the
+            # process ("terminate called without an active exception"; torchrun reports -6 after a finished run)
+            importlib.import_module("torch._dynamo")
+
             extra = {"timeout": timeout} if timeout is not None else {}
             dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", **extra)
         torchrun = "TORCHELASTIC_RUN_ID" in os.environ
