@@ -855,6 +855,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+ERROR_GRACE = 2.0  # seconds a rank other than 0 waits before it prints an input error (torchrun)
+
+
+def _let_rank_0_say_it() -> None:
+    """Under torchrun every rank reads the same command line and files, so every rank meets an input error, and torchrun
+    ends the others once one has exited: a rank other than 0 waits a moment first, so the error shows once, from rank
+    0, and still shows when it is this rank's alone."""
+    if "TORCHELASTIC_RUN_ID" in os.environ and int(os.environ.get("RANK", "0")) > 0:
+        time.sleep(ERROR_GRACE)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # section.key=value overrides may come before, between or after the options: argparse gives a nargs="*"
@@ -872,6 +883,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args)
     except ValueError as err:
+        _let_rank_0_say_it()
         print(f"deps {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback (deps train saves a checkpoint first)

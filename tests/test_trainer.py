@@ -6,6 +6,7 @@ The runs are real ``deps train`` processes on a tiny synthetic dataset (built on
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -568,6 +569,21 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch_and_a_r
 
 def _torchrun(*args: str) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
+
+
+def test_under_torchrun_an_input_error_shows_once_and_a_rank_alone_with_one_still_says_it(env, tmp_path, monkeypatch):
+    # every rank reads the same command line, so every rank meets it; torchrun ends rank 1 within its grace
+    proc = _run(_torchrun("-m", "deps_core.cli", "train", "model.bogus=1"), env | {"TMPDIR": str(tmp_path)})
+    assert proc.returncode != 0 and "exitcode  : 2" in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.count("deps train: error: unknown key 'model.bogus'") == 1, proc.stderr[-3000:]
+    # a rank other than 0 whose error is its alone (rank 0 did not exit) prints it after the grace
+    monkeypatch.setattr("deps_core.cli.ERROR_GRACE", 0.01)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
+    monkeypatch.setenv("RANK", "1")
+    err = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    assert main(["train", "model.bogus=1"]) == 2
+    assert err.getvalue().startswith("deps train: error: unknown key 'model.bogus'")
 
 
 @pytest.mark.parametrize("mode", ["nan", "sigterm"])
