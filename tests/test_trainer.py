@@ -534,7 +534,9 @@ def test_resume_after_sigkill_is_bit_identical(full_run, env, tmp_path):
     assert steps == list(range(len(steps)))  # the log continues without duplicates
 
 
-def test_two_gloo_processes_match_one_process_with_the_same_global_batch_and_a_run_moves_between_them(env, tmp_path):
+def test_two_gloo_processes_match_one_process_with_the_same_global_batch_and_a_run_moves_between_them(
+    env, tmp_path, capsys
+):
     one, two, moved = tmp_path / "one", tmp_path / "two", tmp_path / "moved"
     common = [*TINY, "method.epochs=2", "run.eval_archs=0", "run.device=cpu"]
     env = env | {"TMPDIR": str(tmp_path)}  # torchrun's torchelastic_* folder goes with tmp_path
@@ -552,13 +554,12 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch_and_a_r
     # one process with 2 micro-batches, stopped mid-epoch 1, goes on as 2 processes with 1 each: the same arithmetic
     code, err = _ctrl_c(_train_cmd(*common, f"run.out_dir={moved}", "run.grad_accum=2"), env, moved, 14)
     assert code == 130, err[-3000:]
-    refused = [
-        (["model.width_mult=0.5"], "model.width_mult cannot change when a run resumes (it would change what the run"),
-        (["run.grad_accum=1"], "split each batch over processes × run.grad_accum = 2, this one over 1 × 1: resume"),
-    ]
-    for overrides, message in refused:
-        proc = _run(_train_cmd("--resume", str(moved), *overrides), env)
-        assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-3000:]
+    assert main(["train", "--resume", str(moved), "model.width_mult=0.5"]) == 2  # refused before any setting
+    message = "model.width_mult cannot change when a run resumes (it would change what the run"
+    assert message in capsys.readouterr().err
+    proc = _run(_train_cmd("--resume", str(moved), "run.grad_accum=1"), env)  # refused once the checkpoint is read
+    message = "split each batch over processes × run.grad_accum = 2, this one over 1 × 1: resume"
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-3000:]
     resumed = _run(_torchrun("-m", "deps_core.cli", "train", "--resume", str(moved), "run.grad_accum=1"), env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads((moved / "config.json").read_text())["run"]["grad_accum"] == 1  # the run's config says so now
