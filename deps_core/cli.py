@@ -242,6 +242,16 @@ def _eval_setup(net, config, ctx, amp: bool, *, reads_val: bool, **extra) -> dic
     } | extra
 
 
+def _results_log(folder, name: str, net, config, ctx, amp: bool, **setup):
+    """The :class:`~deps_core.evaluate.ResultLog` of an evaluation every rank runs: rank 0 works out the setup (it
+    alone reads and writes the log) and tells the other ranks, so the data files are read once, not once per rank."""
+    from deps_core.evaluate import ResultLog
+
+    return ResultLog(
+        folder, ctx.broadcast_object(_eval_setup(net, config, ctx, amp, **setup) if ctx.is_main else None), name
+    )
+
+
 def _say_reused(log, archs, net, ctx) -> None:
     if ctx.is_main:
         reused = len({a.canonical(net.spec) for a in archs} & log.load().keys())
@@ -264,14 +274,14 @@ def _cpu_settings(ctx, config) -> None:
 def _final_evaluation(trainer, data, config, ctx) -> dict | None:
     """BN recalibration and evaluation of the largest, the smallest and ``run.eval_archs`` more subnets (drawn per MAC
     bucket, or uniformly with ``run.eval_sampler=uniform``)."""
-    from deps_core.evaluate import CachedBatches, ResultLog, eval_archs, evaluate_archs, pareto_report
+    from deps_core.evaluate import CachedBatches, eval_archs, evaluate_archs, pareto_report
 
     net, run = trainer.supernet, config.run
     g = torch.Generator().manual_seed(run.seed + 12345)
     archs = eval_archs(net, g, run.eval_archs, sampler=run.eval_sampler, n_buckets=run.eval_buckets)
     calib = CachedBatches.from_loader(data.calib.epoch(0), max_images=run.calib_images, batch_size=run.calib_batch)
     # a run stopped in its final evaluation goes on where it stopped (--resume): the results so far are on disk
-    log = ResultLog(trainer.out_dir, _eval_setup(net, config, ctx, trainer.amp, reads_val=True), "subnets")
+    log = _results_log(trainer.out_dir, "subnets", net, config, ctx, trainer.amp, reads_val=True)
     _say_reused(log, archs, net, ctx)
     results = evaluate_archs(
         net, archs, calib, data.val, amp=trainer.amp, ctx=ctx, progress=run.progress and ctx.is_main, log=log
@@ -416,7 +426,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from deps_core.distributed import DistContext
     from deps_core.evaluate import (
         CachedBatches,
-        ResultLog,
         eval_archs,
         evaluate_archs,
         format_pareto_table,
@@ -456,7 +465,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     )
     amp = ctx.device.type == "cuda"
     archs = list(dict.fromkeys(archs))
-    log = ResultLog(out, _eval_setup(net, config, ctx, amp, reads_val=True), "subnets")
+    log = _results_log(out, "subnets", net, config, ctx, amp, reads_val=True)
     _say_reused(log, archs, net, ctx)
     results = evaluate_archs(net, archs, calib, data.val, amp=amp, ctx=ctx, progress=ctx.is_main, log=log)
     ctx.shutdown()
