@@ -35,6 +35,8 @@ __all__ = [
     "check_config_file_methods",
     "DATA_SOURCES",
     "EVAL_SAMPLERS",
+    "OPTIMIZERS",
+    "OPTIM_FIELDS",
 ]
 
 METHODS = ("deps", "ofa", "bignas", "compofa")
@@ -46,6 +48,9 @@ METHOD_FIELDS = {
     "ofa": ("phases", "phase_warmup_epochs", "grad_clip_value"),
     "compofa": ("phases", "phase_warmup_epochs", "k", "compound_fixed_kernels", "grad_clip_value"),
 }  # fmt: skip
+OPTIMIZERS = ("sgd", "adamw")
+# the optim.* fields only one optimizer reads (deps_core.trainer's _optimizer); every other optim field applies to both
+OPTIM_FIELDS = {"sgd": ("momentum", "nesterov"), "adamw": ("betas",)}
 DATA_SOURCES = ("synthetic", "beton", "imagefolder")
 EVAL_SAMPLERS = ("buckets", "uniform")  # deps_core.evaluate.eval_archs
 
@@ -171,9 +176,12 @@ class DataConfig:
 
 @attrs.frozen
 class OptimConfig:
-    """SGD with Nesterov momentum; ``lr`` is the peak rate for ``lr_batch`` images, scaled linearly to the global batch.
-    Weight decay skips parameters whose names contain any of ``no_decay`` (OFA's ``bn#bias``)."""
+    """The optimizer and its schedule; ``lr`` is the peak rate for ``lr_batch`` images, scaled linearly to the global
+    batch. ``name``: ``sgd`` (momentum, Nesterov: what OFA, BigNAS outside ImageNet and DεpS train with) or ``adamw``
+    (``torch.optim.AdamW`` with ``betas``; its decoupled weight decay is ``lr · weight_decay`` per step). Weight decay
+    skips parameters whose names contain any of ``no_decay`` (OFA's ``bn#bias``)."""
 
+    name: str = attrs.field(default="sgd", validator=_one_of(OPTIMIZERS))
     lr: float = attrs.field(default=0.1625, validator=_at_least(0.0))
     lr_batch: int = attrs.field(default=128, validator=_at_least(1))
     momentum: float = attrs.field(default=0.9, validator=_fraction)
@@ -186,6 +194,14 @@ class OptimConfig:
     label_smoothing: float = attrs.field(default=0.1, validator=_fraction)
     kd_temperature: float = attrs.field(default=1.0, validator=_at_least(1e-3))
     kd_ratio: float = attrs.field(default=1.0, validator=_at_least(0.0))
+    betas: tuple[float, ...] = attrs.field(default=(0.9, 0.999), converter=tuple)
+
+    @betas.validator
+    def _check_betas(self, attribute, value) -> None:
+        if len(value) != 2 or not all(
+            isinstance(b, (int, float)) and not isinstance(b, bool) and 0.0 <= b < 1.0 for b in value
+        ):
+            raise ValueError(f"betas must be two numbers in [0, 1); got {list(value)}")
 
 
 @attrs.frozen
@@ -376,28 +392,37 @@ def apply_overrides(config: ExperimentConfig, items: list[str]) -> ExperimentCon
             annotation = _type_name(annotation)
         nested.setdefault(section, {})[field] = _parse(text, annotation, key)
     merged = config.merged(nested)
-    _refuse_unread(merged.method, {field: f"method.{field}" for field in nested.get("method", {})})
+    _refuse_unread(merged, {(section, field): f"{section}.{field}" for section in nested for field in nested[section]})
     return merged
 
 
-def _refuse_unread(method: MethodConfig, fields: dict[str, str]) -> None:
-    """``ValueError`` for the first of ``fields`` (name: how the message names it) that the method does not read."""
-    reads = METHOD_FIELDS[method.name]
-    for field, label in fields.items():
-        if field != "name" and field not in reads:
+def _refuse_unread(config: ExperimentConfig, fields: dict[tuple[str, str], str]) -> None:
+    """``ValueError`` for the first of ``fields`` ((section, field): how the message names it) that ``config``'s
+    method (``method.*``) or optimizer (``optim.*``) does not read."""
+    method, optim = config.method.name, config.optim.name
+    for (section, field), label in fields.items():
+        if section == "method" and field != "name" and field not in METHOD_FIELDS[method]:
             raise ValueError(
-                f"{label} does not apply to method {method.name!r}, which reads "
-                + ", ".join(f"method.{f}" for f in reads)
+                f"{label} does not apply to method {method!r}, which reads "
+                + ", ".join(f"method.{f}" for f in METHOD_FIELDS[method])
             )
+        if section == "optim" and any(field in OPTIM_FIELDS[o] for o in OPTIMIZERS if o != optim):
+            reader = next(o for o in OPTIMIZERS if field in OPTIM_FIELDS[o])
+            raise ValueError(f"{label} applies to optim.name={reader!r}, not to the chosen {optim!r}")
 
 
 def check_config_file_methods(config: ExperimentConfig, data: dict[str, Any], path: str | Path) -> None:
     """``ValueError`` when the config file ``data`` (what :func:`load_config_file` read from ``path``) sets a
-    ``method.*`` field that ``config``'s method does not read to anything but its default. A ``--dry-run`` dump holds
-    every field, at the defaults where its method does not read them, so it loads back."""
-    default = MethodConfig()
-    changed = [f for f in data.get("method") or {} if getattr(config.method, f) != getattr(default, f)]
-    _refuse_unread(config.method, {f: f"method.{f}={getattr(config.method, f)!r} in {path}" for f in changed})
+    ``method.*`` field that ``config``'s method does not read, or an ``optim.*`` field that its optimizer does not read,
+    to anything but its default. A ``--dry-run`` dump holds every field, at the defaults where they are not read, so it
+    loads back."""
+    changed = {}
+    for section, default in (("method", MethodConfig()), ("optim", OptimConfig())):
+        values = getattr(config, section)
+        for f in data.get(section) or {}:
+            if getattr(values, f) != getattr(default, f):
+                changed[(section, f)] = f"{section}.{f}={getattr(values, f)!r} in {path}"
+    _refuse_unread(config, changed)
 
 
 def _type_name(tp: Any) -> str:  # pragma: no cover - annotations are strings under `from __future__ import annotations`

@@ -1,4 +1,5 @@
-"""The training loop: a strategy's plan per step, the functional step, one gradient all-reduce, SGD; checkpoints, logs.
+"""The training loop: a strategy's plan per step, the functional step, one gradient all-reduce, the optimizer (SGD or
+AdamW); checkpoints, logs.
 
 One step (DεpS eq. (4) with everything around it):
 
@@ -7,7 +8,7 @@ One step (DεpS eq. (4) with everything around it):
     G = 0; for each micro-batch: functional_step(...)  # Σ_j w_j ∇L_j into the flat fp32 buffer
     [ranks > 1: all_reduce(MAX) of a few flags]        # a non-finite loss or a stop request on any rank
     all_reduce(G) once; G /= (ranks · micro-batches)   # the mean over the global batch
-    clip; SGD(momentum, Nesterov, weight decay off BN and biases) at plan.lr
+    clip; SGD (momentum, Nesterov) or AdamW, weight decay off BN and biases, at plan.lr
 
 Everything needed to continue exactly is checkpointed: weights, BN statistics, optimizer state, position, RNG state,
 strategy state (re-organizations done, the frozen teacher), partial-epoch statistics and the cost so far; every
@@ -176,12 +177,14 @@ def build_strategy(config: ExperimentConfig, spec: SpaceSpec):
     raise ValueError(f"unknown method {m.name!r}")  # pragma: no cover - MethodConfig validates the name
 
 
-def _optimizer(supernet: torch.nn.Module, config: ExperimentConfig) -> torch.optim.SGD:
+def _optimizer(supernet: torch.nn.Module, config: ExperimentConfig) -> torch.optim.Optimizer:
     o = config.optim
     decay, no_decay = [], []
     for name, p in supernet.named_parameters():
         (no_decay if any(key in name for key in o.no_decay) else decay).append(p)
     groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if o.name == "adamw":
+        return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas))
     return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0)
 
 

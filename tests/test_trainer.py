@@ -25,6 +25,8 @@ from deps_core.cli import main
 from deps_core.config import (
     METHOD_FIELDS,
     METHODS,
+    OPTIM_FIELDS,
+    OPTIMIZERS,
     ExperimentConfig,
     MethodConfig,
     apply_overrides,
@@ -139,10 +141,91 @@ def test_method_fields_name_exactly_what_each_strategy_reads_and_the_rest_is_ref
                 apply_overrides(base, [f"method.{field}={text}"])
 
 
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_optim_fields_of_the_other_optimizer_are_refused_on_the_command_line_and_in_a_config_file(
+    name, tmp_path, capsys
+):
+    base = apply_overrides(load_preset("default"), [f"optim.name={name}"])
+    values = {"momentum": "0.8", "nesterov": "false", "betas": "0.8,0.99"}
+    assert set(values) == {f for fields in OPTIM_FIELDS.values() for f in fields}
+    for other in OPTIMIZERS:
+        for field in OPTIM_FIELDS[other]:
+            if other == name:
+                assert str(getattr(apply_overrides(base, [f"optim.{field}={values[field]}"]).optim, field)) != str(
+                    getattr(base.optim, field)
+                )
+                continue
+            with pytest.raises(ValueError, match=rf"^optim.{field} applies to optim.name='{other}', not to the chosen"):
+                apply_overrides(base, [f"optim.{field}={values[field]}"])
+            edited = tmp_path / f"{field}.json"
+            parsed = apply_overrides(ExperimentConfig(), [f"optim.name={other}", f"optim.{field}={values[field]}"])
+            parsed = parsed.optim
+            edited.write_text(json.dumps({"optim": {"name": name, field: getattr(parsed, field)}}))
+            assert main(["train", "--config", str(edited), "--dry-run"]) == 2
+            err = capsys.readouterr().err
+            assert f"optim.{field}=" in err and f"in {edited} applies to optim.name='{other}'" in err, err
+    assert main(["train", f"optim.name={name}", "--dry-run"]) == 0  # the dump holds every field, at its default where
+    (tmp_path / "dump.json").write_text(capsys.readouterr().out)  # the optimizer does not read it: it loads back
+    assert main(["train", "--config", str(tmp_path / "dump.json"), "--dry-run"]) == 0
+    assert json.loads(capsys.readouterr().out)["optim"] == base.to_dict()["optim"]
+
+
+def test_adamw_steps_are_torchs_adamw_on_the_accumulated_gradient_and_its_moments_resume_from_disk(tmp_path):
+    config = apply_overrides(
+        load_preset("default"),
+        [
+            "model.width_mult=0.25",
+            "data.batch_size=8",
+            "method.epochs=2",
+            "run.progress=false",
+            "optim.name=adamw",
+            "optim.betas=0.8,0.99",
+            "optim.weight_decay=0.1",
+            "optim.lr=0.01",
+        ],
+    )
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(8, 3, 16, 16, generator=g), torch.randint(0, 10, (8,), generator=g)) for _ in range(3)]
+    trainer = Trainer(config, batches, num_classes=10, out_dir=tmp_path / "a")
+    named = dict(trainer.supernet.named_parameters())
+    ref = {n: p.detach().clone() for n, p in named.items()}
+    initial = {n: p.clone() for n, p in ref.items()}
+    plain = [n for n in named if not any(key in n for key in config.optim.no_decay)]
+    assert plain and len(plain) < len(named)  # both groups are exercised
+    groups = [
+        {"params": [ref[n] for n in plain], "weight_decay": 0.1},
+        {"params": [ref[n] for n in named if n not in plain], "weight_decay": 0.0},
+    ]
+    reference = torch.optim.AdamW(groups, lr=1.0, betas=(0.8, 0.99))
+    for x, y in batches[:2]:
+        record = trainer.train_step(x, y)
+        for n, p in named.items():
+            ref[n].grad = None if p.grad is None else p.grad.detach().clone()  # untouched: no step, as in torch
+        for group in reference.param_groups:
+            group["lr"] = record["lr"]
+        reference.step()
+        for n, p in named.items():
+            torch.testing.assert_close(p.detach(), ref[n], rtol=1e-6, atol=1e-7, msg=n)
+    assert sum(not torch.equal(p.detach(), initial[n]) for n, p in named.items()) > len(named) // 2
+    saved = trainer.save()
+    rng = torch.get_rng_state()
+    resumed = Trainer(config, batches, num_classes=10, out_dir=tmp_path / "b")
+    resumed.resume(saved)  # also sets the RNG state back to the checkpoint's (dropout)
+    assert isinstance(resumed.optimizer, torch.optim.AdamW) and resumed.optimizer.defaults["betas"] == (0.8, 0.99)
+    resumed.train_step(*batches[2])
+    torch.set_rng_state(rng)
+    trainer.train_step(*batches[2])
+    for n, p in resumed.supernet.named_parameters():
+        assert torch.equal(p.detach(), named[n].detach()), n
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
         (["optim.lrr=3"], "unknown key 'optim.lrr'"),
+        (["optim.name=lamb"], "optim.name must be one of ['sgd', 'adamw']; got 'lamb'"),
+        (["optim.betas=0.9"], "optim.betas must be two numbers in [0, 1); got [0.9]"),
+        (["optim.betas=0.9,1"], "optim.betas must be two numbers in [0, 1); got [0.9, 1.0]"),
         (["optim.lr=fast"], "optim.lr='fast': expected float"),
         (["method.name=sgd"], "method.name must be one of"),
         (["run.eval_sampler=random"], "eval_sampler must be one of ['buckets', 'uniform']"),
