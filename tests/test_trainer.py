@@ -51,6 +51,7 @@ TINY = [
     "method.p_fm=0.34",
     "method.ramp_epochs=0.5",
     "method.reorganize=true",
+    "optim.name=sgd",  # the regime these tests were written for (AdamW: test_adamw_steps_are_torchs_adamw_...)
     "optim.lr=0.05",
     "optim.lr_batch=32",
     "run.checkpoint_every=3",
@@ -230,7 +231,7 @@ def test_adamw_steps_are_torchs_adamw_on_the_accumulated_gradient_and_its_moment
         (["method.name=sgd"], "method.name must be one of"),
         (["run.eval_sampler=random"], "eval_sampler must be one of ['buckets', 'uniform']"),
         (["data.batch_size=0"], "data.batch_size must be a finite number >= 1"),
-        (["run.grad_accum=3"], "data.batch_size=64 does not split into run.grad_accum=3 equal micro-batches"),
+        (["run.grad_accum=3"], "data.batch_size=32 does not split into run.grad_accum=3 equal micro-batches"),
         (["data.train=/x.beton"], "data.train=/x.beton would be ignored because data.source is 'synthetic'"),
         (["run.out_dir=/dev/null"], "run.out_dir /dev/null is a file, not a directory"),
         (["lr=3"], "is not of the form section.field=value"),
@@ -295,9 +296,9 @@ def test_choices_outside_the_space_are_refused_with_the_config_not_at_training(i
 def test_a_batch_that_does_not_split_into_equal_micro_batches_is_refused_before_any_step():
     from deps_core.data import build_data
 
-    config = apply_overrides(load_preset("default"), ["run.grad_accum=32"])  # one process: 2 images per micro-batch
-    with pytest.raises(ValueError, match=r"^data.batch_size=64 is not divisible by the 4 processes × run.grad_accum"):
-        build_data(config, DistContext(world_size=4))  # a rank's 16 images in 32 micro-batches: empty ones, NaN
+    config = apply_overrides(load_preset("default"), ["run.grad_accum=16"])  # one process: 2 images per micro-batch
+    with pytest.raises(ValueError, match=r"^data.batch_size=32 is not divisible by the 4 processes × run.grad_accum"):
+        build_data(config, DistContext(world_size=4))  # a rank's 8 images in 16 micro-batches: empty ones, NaN
     config = apply_overrides(load_preset("default"), ["model.width_mult=0.25", "data.batch_size=8", "run.grad_accum=4"])
     g = torch.Generator().manual_seed(0)
     trainer = Trainer(config, [(torch.randn(6, 3, 8, 8, generator=g), torch.arange(6))], num_classes=10)
