@@ -179,7 +179,10 @@ class OptimConfig:
     """The optimizer and its schedule; ``lr`` is the peak rate for ``lr_batch`` images, scaled linearly to the global
     batch. ``name``: ``sgd`` (momentum, Nesterov: what OFA, BigNAS outside ImageNet and DεpS train with) or ``adamw``
     (``torch.optim.AdamW`` with ``betas``; its decoupled weight decay is ``lr · weight_decay`` per step). Weight decay
-    skips parameters whose names contain any of ``no_decay`` (OFA's ``bn#bias``)."""
+    skips parameters whose names contain any of ``no_decay`` (OFA's ``bn#bias``). Under AdamW DεpS's ε still sets the
+    subnets' share of each weight the full model also uses, but a parameter only subnets reach (OFA's kernel transform
+    matrices) takes about the same step whatever ε is (while ε · gradient stays well above AdamW's ``eps`` of 1e-8),
+    since Adam normalises each coordinate's gradient by its own running size."""
 
     name: str = attrs.field(default="sgd", validator=_one_of(OPTIMIZERS))
     lr: float = attrs.field(default=0.1625, validator=_at_least(0.0))
