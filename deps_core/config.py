@@ -409,8 +409,8 @@ def _refuse_unread(config: ExperimentConfig, fields: dict[tuple[str, str], str])
                 f"{label} does not apply to method {method!r}, which reads "
                 + ", ".join(f"method.{f}" for f in METHOD_FIELDS[method])
             )
-        if section == "optim" and any(field in OPTIM_FIELDS[o] for o in OPTIMIZERS if o != optim):
-            reader = next(o for o in OPTIMIZERS if field in OPTIM_FIELDS[o])
+        reader = next((o for o in OPTIMIZERS if field in OPTIM_FIELDS[o]), optim)  # the optimizer that reads it
+        if section == "optim" and reader != optim:
             raise ValueError(f"{label} applies to optim.name={reader!r}, not to the chosen {optim!r}")
 
 

@@ -160,8 +160,7 @@ def test_optim_fields_of_the_other_optimizer_are_refused_on_the_command_line_and
                 apply_overrides(base, [f"optim.{field}={values[field]}"])
             edited = tmp_path / f"{field}.json"
             parsed = apply_overrides(ExperimentConfig(), [f"optim.name={other}", f"optim.{field}={values[field]}"])
-            parsed = parsed.optim
-            edited.write_text(json.dumps({"optim": {"name": name, field: getattr(parsed, field)}}))
+            edited.write_text(json.dumps({"optim": {"name": name, field: getattr(parsed.optim, field)}}))
             assert main(["train", "--config", str(edited), "--dry-run"]) == 2
             err = capsys.readouterr().err
             assert f"optim.{field}=" in err and f"in {edited} applies to optim.name='{other}'" in err, err
