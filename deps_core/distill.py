@@ -42,7 +42,13 @@ def soft_cross_entropy(logits: Tensor, soft_target: Tensor) -> Tensor:
 
 
 def term_loss(kind: str, logits: Tensor, labels: Tensor, teacher_logits: Tensor | None, config: LossConfig) -> Tensor:
-    """The scalar loss of one term. ``teacher_logits`` (detached) are required by the two distillation kinds."""
+    """The scalar loss of one term. ``teacher_logits`` (detached) are required by the two distillation kinds.
+
+    Computed in at least float32: under autocast the logits are bf16, and whether softmax and the sums run in bf16
+    depends on the device's autocast rules (CUDA's promote them to float32, the CPU's leave the distillation loss in
+    bf16, where ``log_softmax`` keeps about 3 significant digits)."""
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
     if kind == "ce":
         return F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
     if teacher_logits is None:

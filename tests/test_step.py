@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from deps_core.accumulate import GradAccumulator
-from deps_core.distill import LossConfig
+from deps_core.distill import LossConfig, term_loss
 from deps_core.schedules import Progress
 from deps_core.spaces import create_supernet
 from deps_core.step import autograd_step, detached_state, functional_step
@@ -129,6 +129,37 @@ def test_kd_temperature_and_label_smoothing_reach_both_paths():
     ]
     ref, acc, ours, theirs = _compare(net, terms, loss_config=LossConfig(label_smoothing=0.2, kd_temperature=3.0))
     _assert_equal_gradients(ref, acc)
+
+
+@pytest.mark.parametrize("kind", ["ce", "inplace_kd", "teacher_kd"])
+def test_a_bf16_terms_loss_is_computed_in_float32(kind):
+    # under autocast the logits are bf16; CPU autocast would leave softmax and the distillation sums in bf16
+    g = torch.Generator().manual_seed(5)
+    logits, teacher = (torch.randn(16, 10, generator=g).mul(3).bfloat16() for _ in range(2))
+    labels = torch.randint(0, 10, (16,), generator=g)
+    config = LossConfig(label_smoothing=0.1, kd_temperature=2.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = term_loss(kind, logits, labels, teacher, config)
+    assert loss.dtype == torch.float32
+    want = term_loss(kind, logits.double(), labels, teacher.double(), config)
+    assert abs(loss.double() - want) <= 1e-6 * want
+
+
+def test_under_bf16_autocast_the_step_runs_in_bf16_and_every_loss_is_float32():
+    net = _supernet().float()
+    terms = [
+        SubnetTerm(net.max_arch(), 1.0, "ce", role="full"),
+        SubnetTerm(net.min_arch(), 0.5, "inplace_kd", role="min"),
+    ]
+    g = torch.Generator().manual_seed(1)
+    images, labels = torch.randn(4, 3, 16, 16, generator=g), torch.randint(0, 10, (4,), generator=g)
+    params, buffers = detached_state(net)
+    acc = GradAccumulator(params)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        result = functional_step(net, params, buffers, acc, terms, images, labels)
+    assert result.full_logits.dtype == torch.bfloat16  # the forward ran under autocast
+    assert [loss.dtype for loss in result.losses] == [torch.float32, torch.float32]
+    assert acc.flat.dtype == torch.float32 and bool(acc.flat.isfinite().all()) and acc.flat.abs().max() > 0
 
 
 def test_gradients_have_the_size_of_the_active_slices(monkeypatch):
