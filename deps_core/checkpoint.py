@@ -93,8 +93,10 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device
     return state
 
 
-def supernet_from_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cpu"):
-    """``(supernet, config)`` of a training checkpoint (a run directory or a ``.pt`` file), weights loaded."""
+def supernet_from_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cpu", history: bool = False):
+    """``(supernet, config)`` of a training checkpoint (a run directory or a ``.pt`` file), weights loaded;
+    ``history=True``: ``(supernet, config, epoch records)``, the run's finished epochs as of the checkpoint (with the
+    training cost so far in each record's ``"cost"``)."""
     from deps_core.config import ExperimentConfig
     from deps_core.spaces import create_supernet
 
@@ -113,6 +115,8 @@ def supernet_from_checkpoint(path: str | os.PathLike, *, device: str | torch.dev
             f"{path}: the weights do not fit the {config.model.space} supernet its config describes "
             f"({state_dict_mismatch(net.state_dict(), state['model'])}); was it trained on another space or width?"
         ) from None
+    if history:
+        return net.to(device), config, json.loads(state.get("history") or "[]")
     return net.to(device), config
 
 

@@ -438,7 +438,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     ckpt = _checkpoint_file(args.checkpoint)
     overrides = _checkpoint_overrides(args.overrides, ("device", "calib_images", "calib_batch", "seed", "progress"))
-    net, config = supernet_from_checkpoint(ckpt)  # reads the file once
+    net, config, history = supernet_from_checkpoint(ckpt, history=True)  # reads the file once
     config = apply_overrides(config, overrides)
     g = torch.Generator().manual_seed(args.seed)
     archs = [_arch_arg(a, net) for a in args.arch] or (  # bad archs stop before anything is set up or read
@@ -476,7 +476,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     print(format_pareto_table(report))
     runs = {args.label or config.method.name: report["buckets"]} | overlays
     plot_pareto(runs, out / "pareto.png", title=f"{net.spec.name}")
-    (out / "report.json").write_text(json.dumps(report_to_json(report), indent=1) + "\n")
+    about = {  # what `deps compare` sets beside the front: the run's config and its training cost so far
+        "checkpoint": str(ckpt),
+        "config": config.to_dict(),
+        "trained_epochs": len(history),
+        "cost": history[-1].get("cost") if history else None,
+    }
+    (out / "report.json").write_text(json.dumps(report_to_json(report) | about, indent=1) + "\n")
     print(f"wrote {out / 'subnets.json'}, {out / 'report.json'}, {out / 'pareto.png'}")
     return 0
 
@@ -711,14 +717,10 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 def _cmd_curves(args: argparse.Namespace) -> int:
     """The full model's curves of several runs on one plot, and a table of where each ended."""
+    from deps_core.compare import run_names
     from deps_core.curves import plot_runs, read_run_epochs
 
-    names = [Path(r).name or str(r) for r in args.runs]
-    if len(set(names)) < len(names):  # runs/a/default and runs/b/default: the whole paths tell them apart
-        names = [str(r) for r in args.runs]
-    if len(set(names)) < len(names):
-        raise ValueError(f"a run is given twice: {args.runs}")
-    runs = {name: read_run_epochs(r) for name, r in zip(names, args.runs)}
+    runs = {name: read_run_epochs(r) for name, r in zip(run_names(args.runs), args.runs)}
     out = Path(args.out)
     if out.is_dir():
         raise ValueError(f"--out {out} is a directory; give the PNG's path")
@@ -732,6 +734,37 @@ def _cmd_curves(args: argparse.Namespace) -> int:
         for name, s in series.items()
     ]
     print(_table(rows, ["run", "epochs", "device-hours", "final top-1 %", "best top-1 %"]))
+    print(f"wrote {out}")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    """Finished runs side by side: mean pareto accuracy against training cost, the best subnet per MAC bucket, and
+    the fronts overlaid in a PNG."""
+    from deps_core.compare import (
+        COMPARE_HEADER,
+        bucket_rows,
+        compare_notes,
+        compare_rows,
+        plot_fronts,
+        read_run_report,
+        run_names,
+    )
+
+    out = Path(args.out)
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a directory; give the PNG's path")
+    runs = {name: read_run_report(path) for name, path in zip(run_names(args.runs), args.runs)}
+    print(_table(compare_rows(runs), COMPARE_HEADER))
+    buckets = bucket_rows(runs)
+    if buckets is not None:
+        header, rows = buckets
+        print()
+        print("best top-1 % per MAC bucket (MMACs)")
+        print(_table(rows, header))
+    for note in compare_notes(runs):
+        print(f"note: {note}")
+    plot_fronts(runs, out)
     print(f"wrote {out}")
     return 0
 
@@ -858,6 +891,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="curves.png", help="the PNG to write (default: curves.png)")
     p.set_defaults(fn=_cmd_curves)
+
+    p = sub.add_parser(
+        "compare", help="finished runs side by side: mean pareto accuracy against training cost (a table + a PNG)"
+    )
+    p.add_argument(
+        "runs",
+        nargs="+",
+        metavar="RUN_DIR",
+        help="deps train run directories or deps eval outputs (their report.json); the first is the reference",
+    )
+    p.add_argument("--out", default="compare.png", help="the PNG of the fronts (default: compare.png)")
+    p.set_defaults(fn=_cmd_compare)
 
     p = sub.add_parser("spaces", help="list the registered spaces with their largest and smallest MACs")
     p.set_defaults(fn=_cmd_spaces)

@@ -43,6 +43,7 @@ from deps_core.checkpoint import load_checkpoint, save_checkpoint
 from deps_core.config import ExperimentConfig
 from deps_core.distill import FrozenTeacher, LossConfig
 from deps_core.distributed import DistContext
+from deps_core.latency import device_name
 from deps_core.reorganize import reorganize_channels
 from deps_core.schedules import Progress
 from deps_core.spaces import create_supernet
@@ -269,7 +270,15 @@ class Trainer:
         self._stop: _StopRequest | None = None  # fit's signal handlers
         self._stop_agreed: int | None = None  # the signal any rank got by the last step's reduction (distributed)
         self.epoch_stats: dict[str, float] = defaultdict(float)
-        self.cost: dict[str, dict[str, float]] = {"seconds": {}, "steps": {}, "term_steps": {}, "data_wait": {}}
+        # seconds, steps, term-steps and data waits per phase; seconds per device (a run may resume on another)
+        self.cost: dict[str, dict[str, float]] = {
+            "seconds": {},
+            "steps": {},
+            "term_steps": {},
+            "data_wait": {},
+            "device_seconds": {},
+        }
+        self.device_name = device_name(self.device)
         self.history: list[dict[str, Any]] = []
         self.out_dir = Path(out_dir) if out_dir is not None else None
         main = self.ctx.is_main and self.out_dir is not None
@@ -533,6 +542,7 @@ class Trainer:
         c = self.cost
         for key, v in (("seconds", seconds), ("steps", 1), ("term_steps", terms), ("data_wait", wait)):
             c[key][phase] = c[key].get(phase, 0.0) + v
+        c["device_seconds"][self.device_name] = c["device_seconds"].get(self.device_name, 0.0) + seconds
 
     def _end_epoch(self, wall: float) -> None:
         stats = dict(self.epoch_stats)
@@ -606,6 +616,8 @@ class Trainer:
             "devices": world,
             "projected_train_hours": projected / 3600,
             "projected_device_hours": projected * world / 3600,
+            # the device(s) the hours were spent on, most hours first (a resumed run may have moved)
+            "device_name": ", ".join(sorted(c["device_seconds"], key=c["device_seconds"].get, reverse=True)) or None,
         }
 
     # --- checkpoints -------------------------------------------------------------------------------------------
@@ -677,6 +689,7 @@ class Trainer:
             self.teacher.load_state_dict(state["teacher"])
         self.epoch_stats = defaultdict(float, state["epoch_stats"])
         self.cost = {k: dict(v) for k, v in state["cost"].items()}
+        self.cost.setdefault("device_seconds", {})  # checkpoints before 2026-12-07 did not record the device
         self.history = json.loads(state["history"])
 
     def resume(self, path: str | Path) -> None:

@@ -427,6 +427,81 @@ def test_curves_overlays_runs_against_epochs_or_device_hours_and_tabulates_them(
         assert message in err and len(err.strip().splitlines()) == 1, err
 
 
+def test_compare_tabulates_fronts_against_cost_and_names_what_differs(full_run, tmp_path, capsys):
+    from deps_core.cli import main
+
+    full, _ = full_run
+    report = json.loads((full / "report.json").read_text())
+    assert report["cost"]["device_name"].startswith("cpu: ")  # what the device-hours were spent on
+    pareto, cost = report["pareto"], report["cost"]
+
+    def variant(name: str, **changes) -> Path:
+        r = json.loads(json.dumps(report))
+        for path, value in changes.items():
+            *keys, last = path.split("__")
+            d = r
+            for k in keys:
+                d = d[int(k)] if isinstance(d, list) else d[k]
+            d[last] = value
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "report.json").write_text(json.dumps(r))
+        return tmp_path / name
+
+    other = variant(
+        "other",
+        cost__device_hours=2 * cost["device_hours"],
+        cost__device_name="cuda: NVIDIA H100",
+        pareto__mean_pareto_accuracy=pareto["mean_pareto_accuracy"] - 0.05,
+        pareto__buckets__0__best__top1=0.123,
+        config__data__synthetic_val_size=999,
+        config__method__name="bignas",
+    )
+    png = tmp_path / "cmp.png"
+    assert main(["compare", str(full), str(other), "--out", str(png)]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[2].split()[:5] == ["full", "deps", "3", f"{cost['device_hours']:.4g}", "1.00×"]
+    assert lines[3].split()[:7] == [
+        "other",
+        "bignas",
+        "3",
+        f"{2 * cost['device_hours']:.4g}",
+        "2.00×",
+        f"{100 * pareto['mean_pareto_accuracy'] - 5:.2f}",
+        "-5.00",
+    ]
+    n = round(
+        (pareto["macs_range"][1] - pareto["macs_range"][0]) / (pareto["buckets"][0]["hi"] - pareto["buckets"][0]["lo"])
+    )
+    per_bucket = {b["bucket"]: f"{100 * b['best']['top1']:.2f}" for b in pareto["buckets"]}
+    assert lines[5] == "best top-1 % per MAC bucket (MMACs)" and len(lines[6].split()) == n + 1
+    assert lines[8].split() == ["full"] + [per_bucket.get(i, "-") for i in range(n)]
+    assert lines[9].split()[:2] == ["other", "12.30"]
+    assert "note: other was evaluated on other data than full: data.synthetic_val_size 999 (not 128)" in out
+    assert f"note: device-hours of different devices (full: {cost['device_name']}, other: cuda: NVIDIA H100)" in out
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+    wide = variant("wide", pareto__macs_range=[pareto["macs_range"][0], 2 * pareto["macs_range"][1]])
+    assert main(["compare", str(full), str(wide), "--out", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "per MAC bucket" not in out and "is an area over each run's own MAC range, and these differ" in out
+
+    (tmp_path / "unfinished").mkdir()
+    (tmp_path / "unfinished" / "report.json").write_text(json.dumps({"cost": cost, "history": []}))
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "report.json").write_text("{")
+    for argv, message in [
+        ([str(tmp_path)], f"{tmp_path}: no report.json (not a finished deps train run, nor a deps eval output)"),
+        ([str(tmp_path / "unfinished")], "its report has no Pareto front (the run's final evaluation did not run"),
+        ([str(tmp_path / "broken")], "report.json is not JSON"),
+        ([str(full), str(full) + "/"], "a run is given twice"),
+        ([str(full), "--out", str(tmp_path)], "is a directory; give the PNG's path"),
+    ]:
+        assert main(["compare", *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_on_epoch_end_sees_each_finished_epoch_after_its_checkpoint(tmp_path):
     config = apply_overrides(
         load_preset("default"),
@@ -772,6 +847,21 @@ def test_eval_command_recalibrates_and_writes_the_pareto_report(full_run, env, t
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"reusing {len(results)} evaluated subnets" in again.stderr
     assert json.loads((tmp_path / "eval" / "subnets.json").read_text()) == results
+    # deps compare reads the evaluation beside the run: the same checkpoint, so the same cost and MAC range
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    trained = json.loads((out / "report.json").read_text())
+    assert report["cost"] == trained["cost"] and report["trained_epochs"] == len(trained["history"]) == 3
+    assert report["config"]["data"]["source"] == "beton" and report["checkpoint"].endswith("last.pt")
+    png = tmp_path / "cmp.png"
+    proc = _run(
+        [sys.executable, "-m", "deps_core.cli", "compare", str(out), str(tmp_path / "eval"), "--out", str(png)], env
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = proc.stdout.splitlines()
+    assert rows[3].split()[:5] == ["eval", "deps", "3", f"{report['cost']['device_hours']:.4g}", "1.00×"]
+    assert rows[3].split()[5] == f"{100 * report['mean_pareto_accuracy']:.2f}"
+    assert "note: eval was evaluated on other data than full: data.source 'beton' (not 'synthetic')" in proc.stdout
+    assert png.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_eval_under_torchrun_gives_the_one_process_accuracies(full_run, env, tmp_path):

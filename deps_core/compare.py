@@ -1,0 +1,210 @@
+"""Finished runs side by side: their Pareto fronts against what their training cost.
+
+This is the DεpS paper's comparison (the same or a better accuracy/MACs front at less training cost than OFA and
+BigNAS) as one table and one plot. A run is read from its ``report.json``: a ``deps train`` run directory's (the front
+of the final evaluation, the training cost, the config), or a ``deps eval`` output directory's (a front evaluated
+again, e.g. with more subnets, with the checkpoint's config and training cost beside it).
+
+The first run given is the reference of the ratios. Mean pareto accuracy is an area over the supernet's MAC range
+(:func:`deps_core.evaluate.mean_pareto_accuracy`), so it compares runs of one space; where the ranges, the evaluation
+data or the devices differ, :func:`compare_notes` says so rather than hiding it in a ratio.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from deps_core.evaluate import ArchResult, plot_pareto
+
+__all__ = ["RunReport", "read_run_report", "run_names", "compare_rows", "bucket_rows", "compare_notes", "plot_fronts"]
+
+# the data fields that decide what a final evaluation measured (the val split, its size and resolution, the classes)
+EVAL_DATA_FIELDS = (
+    "source",
+    "val",
+    "num_classes",
+    "val_resolution",
+    "synthetic_classes",
+    "synthetic_resolution",
+    "synthetic_val_size",
+)
+
+
+@attrs.frozen
+class RunReport:
+    """What a run's ``report.json`` says about its front and its cost (``None`` where the file does not say)."""
+
+    path: Path
+    pareto: dict[str, Any]  # report_to_json's form: macs_range, buckets, mean_pareto_accuracy, max, min
+    config: dict[str, Any] | None
+    cost: dict[str, Any] | None
+    epochs: int | None  # epochs trained
+
+    @property
+    def method(self) -> str:
+        return self.config["method"]["name"] if self.config else "-"
+
+    @property
+    def space(self) -> str | None:
+        return self.config["model"]["space"] if self.config else None
+
+    def bucket_results(self) -> list[dict[str, Any]]:
+        """The buckets with their best subnet as :class:`~deps_core.evaluate.ArchResult` (for the plot)."""
+        return [b | {"best": ArchResult.from_dict(b["best"])} for b in self.pareto["buckets"]]
+
+
+def read_run_report(path: str | os.PathLike) -> RunReport:
+    """The report of a ``deps train`` run directory or a ``deps eval`` output directory; ``ValueError`` naming the
+    problem when there is none or it holds no Pareto front."""
+    folder = Path(path)
+    file = folder / "report.json"
+    if not file.is_file():
+        raise ValueError(f"{folder}: no report.json (not a finished deps train run, nor a deps eval output)")
+    try:
+        report = json.loads(file.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{file} is not JSON: {err}") from None
+    if not isinstance(report, dict):
+        raise ValueError(f"{file} is not a deps report")
+    if "buckets" in report:  # deps eval's
+        pareto, epochs = report, report.get("trained_epochs")
+    elif "pareto" in report:  # deps train's
+        pareto, epochs = report["pareto"], len(report.get("history", [])) or None
+    elif "cost" in report:
+        raise ValueError(
+            f"{folder}: its report has no Pareto front (the run's final evaluation did not run, run.eval_archs=0?); "
+            f"`deps eval --checkpoint {folder}` evaluates it into {folder / 'eval'}"
+        )
+    else:
+        raise ValueError(f"{file} is not a deps report")
+    if not pareto.get("buckets"):
+        raise ValueError(f"{file}: its Pareto front has no subnet")
+    return RunReport(folder, pareto, report.get("config"), report.get("cost"), epochs)
+
+
+def run_names(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """Short names for runs: their folder names, or the whole paths where those repeat (``runs/a/eval``,
+    ``runs/b/eval``); ``ValueError`` when a path is given twice."""
+    names = [Path(p).name or str(p) for p in paths]
+    if len(set(names)) < len(names):
+        names = [str(p) for p in paths]
+    if len({Path(p).resolve() for p in paths}) < len(paths):
+        raise ValueError(f"a run is given twice: {[str(p) for p in paths]}")
+    return names
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.2f}"
+
+
+def _top1(result: dict[str, Any] | None) -> float | None:
+    return None if result is None else result["top1"]
+
+
+def compare_rows(runs: dict[str, RunReport]) -> list[list[str]]:
+    """One row per run: method, epochs, device-hours and their ratio to the first run's, mean pareto accuracy and its
+    difference to the first run's (percentage points), the largest and the smallest subnet's top-1."""
+    reports = list(runs.values())
+    ref_hours = reports[0].cost["device_hours"] if reports[0].cost else None
+    ref_mpa = reports[0].pareto["mean_pareto_accuracy"]
+    rows = []
+    for name, r in runs.items():
+        hours = r.cost["device_hours"] if r.cost else None
+        ratio = f"{hours / ref_hours:.2f}×" if hours is not None and ref_hours else "-"
+        mpa = r.pareto["mean_pareto_accuracy"]
+        rows.append(
+            [
+                name,
+                r.method,
+                "-" if r.epochs is None else str(r.epochs),
+                "-" if hours is None else f"{hours:.4g}",
+                ratio,
+                _pct(mpa),
+                f"{100 * (mpa - ref_mpa):+.2f}",
+                _pct(_top1(r.pareto.get("max"))),
+                _pct(_top1(r.pareto.get("min"))),
+            ]
+        )
+    return rows
+
+
+COMPARE_HEADER = [
+    "run",
+    "method",
+    "epochs",
+    "device-hours",
+    "× cost",
+    "mean pareto %",
+    "Δ pp",
+    "largest %",
+    "smallest %",
+]
+
+
+def _bucket_count(pareto: dict[str, Any]) -> int:
+    lo, hi = pareto["macs_range"]
+    b = pareto["buckets"][0]
+    return round((hi - lo) / (b["hi"] - b["lo"]))
+
+
+def bucket_rows(runs: dict[str, RunReport]) -> tuple[list[str], list[list[str]]] | None:
+    """``(header, rows)``: each run's best top-1 per MAC bucket (``-`` where a bucket had no subnet), or ``None`` when
+    the runs' MAC ranges or bucket counts differ (their buckets are not the same intervals)."""
+    first = next(iter(runs.values())).pareto
+    n = _bucket_count(first)
+    if any(r.pareto["macs_range"] != first["macs_range"] or _bucket_count(r.pareto) != n for r in runs.values()):
+        return None
+    lo, hi = first["macs_range"]
+    width = (hi - lo) / n
+    header = ["run"] + [f"{(lo + i * width) / 1e6:.4g}-{(lo + (i + 1) * width) / 1e6:.4g}" for i in range(n)]
+    rows = []
+    for name, r in runs.items():
+        best = {b["bucket"]: b["best"]["top1"] for b in r.pareto["buckets"]}
+        rows.append([name] + [_pct(best.get(i)) for i in range(n)])
+    return header, rows
+
+
+def compare_notes(runs: dict[str, RunReport]) -> list[str]:
+    """What makes the runs' figures not directly comparable, one line each (none when nothing does)."""
+    notes = []
+    ranges = {name: tuple(r.pareto["macs_range"]) for name, r in runs.items()}
+    if len(set(ranges.values())) > 1:
+        listed = ", ".join(f"{n}: {lo / 1e6:.4g}-{hi / 1e6:.4g} MMACs" for n, (lo, hi) in ranges.items())
+        notes.append(f"mean pareto accuracy is an area over each run's own MAC range, and these differ ({listed})")
+    configs = {name: r.config for name, r in runs.items() if r.config}
+    if len(configs) < len(runs):
+        missing = [n for n in runs if n not in configs]
+        notes.append(f"no config in the report of {', '.join(missing)}: its method and data are unknown")
+    if configs:
+        first_name, first = next(iter(configs.items()))
+        for name, config in configs.items():
+            fields = [f for f in EVAL_DATA_FIELDS if config["data"].get(f) != first["data"].get(f)]
+            if fields:
+                what = ", ".join(f"data.{f} {config['data'].get(f)!r} (not {first['data'].get(f)!r})" for f in fields)
+                notes.append(f"{name} was evaluated on other data than {first_name}: {what}")
+    devices = {name: (r.cost or {}).get("device_name") for name, r in runs.items()}
+    named = {n: d for n, d in devices.items() if d}
+    if len(set(named.values())) > 1:
+        listed = ", ".join(f"{n}: {d}" for n, d in named.items())
+        notes.append(f"device-hours of different devices ({listed})")
+    if len(named) < len(devices) and len(runs) > 1:
+        unknown = [n for n, d in devices.items() if not d]
+        notes.append(f"the device of {', '.join(unknown)} is not recorded: compare its device-hours with care")
+    return notes
+
+
+def plot_fronts(runs: dict[str, RunReport], path: str | os.PathLike) -> None:
+    """The runs' bucket-best subnets, accuracy against MACs, overlaid, as a PNG at ``path``."""
+
+    def label(name: str, r: RunReport) -> str:
+        hours = f", {r.cost['device_hours']:.3g} device-h" if r.cost else ""
+        return f"{name} ({r.method}{hours})"
+
+    spaces = sorted({r.space for r in runs.values() if r.space})
+    plot_pareto({label(n, r): r.bucket_results() for n, r in runs.items()}, path, title=", ".join(spaces))
