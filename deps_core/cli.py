@@ -314,6 +314,7 @@ def _training_plot(out_dir: Path, config):
 
 
 def _write_report(out_dir: Path, config, summary: dict, report: dict | None, wall: float) -> None:
+    from deps_core.compare import si_count
     from deps_core.evaluate import format_pareto_table, plot_pareto, report_to_json, save_results
 
     cost = summary["cost"]
@@ -335,7 +336,8 @@ def _write_report(out_dir: Path, config, summary: dict, report: dict | None, wal
     print(_table(rows, ["phase", "minutes"]))
     print(
         f"device-hours: {cost['device_hours']:.4f} on {cost['devices']} device(s); "
-        f"projected for the full run: {cost['projected_device_hours']:.4f}"
+        f"projected for the full run: {cost['projected_device_hours']:.4f}; "
+        f"training MACs (forward + backward): {si_count(cost['train_macs'])}"
     )
     out = {"config": config.to_dict(), "cost": cost, "wall_seconds": wall, "history": summary["history"]}
     if report is not None:

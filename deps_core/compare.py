@@ -5,9 +5,11 @@ BigNAS) as one table and one plot. A run is read from its ``report.json``: a ``d
 of the final evaluation, the training cost, the config), or a ``deps eval`` output directory's (a front evaluated
 again, e.g. with more subnets, with the checkpoint's config and training cost beside it).
 
-The first run given is the reference of the ratios. Mean pareto accuracy is an area over the supernet's MAC range
-(:func:`deps_core.evaluate.mean_pareto_accuracy`), so it compares runs of one space; where the ranges, the evaluation
-data or the devices differ, :func:`compare_notes` says so rather than hiding it in a ratio.
+Cost is given twice: device-hours (what the paper reports; they depend on the device and, on a shared machine, on
+its load) and training MACs (every term's forward and backward on every image, the teacher's forward: a count no
+device changes). The first run given is the reference of the ratios. Mean pareto accuracy is an area over the
+supernet's MAC range (:func:`deps_core.evaluate.mean_pareto_accuracy`), so it compares runs of one space; where the
+ranges, the evaluation data or the devices differ, :func:`compare_notes` says so rather than hiding it in a ratio.
 """
 
 from __future__ import annotations
@@ -22,7 +24,16 @@ import attrs
 
 from deps_core.evaluate import ArchResult, plot_pareto
 
-__all__ = ["RunReport", "read_run_report", "run_names", "compare_rows", "bucket_rows", "compare_notes", "plot_fronts"]
+__all__ = [
+    "RunReport",
+    "read_run_report",
+    "run_names",
+    "compare_rows",
+    "bucket_rows",
+    "compare_notes",
+    "plot_fronts",
+    "si_count",
+]
 
 # the data fields that decide what a final evaluation measured (the val split, its size and resolution, the classes)
 EVAL_DATA_FIELDS = (
@@ -107,16 +118,34 @@ def _top1(result: dict[str, Any] | None) -> float | None:
     return None if result is None else result["top1"]
 
 
+def si_count(v: float | None) -> str:
+    """``4.32T`` for 4.32e12 (prefixes M to E); ``-`` for ``None``."""
+    if v is None:
+        return "-"
+    for prefix, scale in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6)):
+        if v >= scale:
+            return f"{v / scale:.3g}{prefix}"
+    return f"{v:.3g}"
+
+
+def _ratio(v: float | None, ref: float | None) -> str:
+    return f"{v / ref:.2f}×" if v is not None and ref else "-"
+
+
 def compare_rows(runs: dict[str, RunReport]) -> list[list[str]]:
-    """One row per run: method, epochs, device-hours and their ratio to the first run's, mean pareto accuracy and its
-    difference to the first run's (percentage points), the largest and the smallest subnet's top-1."""
-    reports = list(runs.values())
-    ref_hours = reports[0].cost["device_hours"] if reports[0].cost else None
-    ref_mpa = reports[0].pareto["mean_pareto_accuracy"]
+    """One row per run: method, epochs, device-hours and training MACs with their ratios to the first run's, mean
+    pareto accuracy and its difference to the first run's (percentage points), the largest and the smallest subnet's
+    top-1."""
+
+    def cost(r: RunReport, key: str) -> float | None:
+        return (r.cost or {}).get(key)
+
+    first = next(iter(runs.values()))
+    ref_hours, ref_macs = cost(first, "device_hours"), cost(first, "train_macs")
+    ref_mpa = first.pareto["mean_pareto_accuracy"]
     rows = []
     for name, r in runs.items():
-        hours = r.cost["device_hours"] if r.cost else None
-        ratio = f"{hours / ref_hours:.2f}×" if hours is not None and ref_hours else "-"
+        hours, macs = cost(r, "device_hours"), cost(r, "train_macs")
         mpa = r.pareto["mean_pareto_accuracy"]
         rows.append(
             [
@@ -124,7 +153,9 @@ def compare_rows(runs: dict[str, RunReport]) -> list[list[str]]:
                 r.method,
                 "-" if r.epochs is None else str(r.epochs),
                 "-" if hours is None else f"{hours:.4g}",
-                ratio,
+                _ratio(hours, ref_hours),
+                si_count(macs),
+                _ratio(macs, ref_macs),
                 _pct(mpa),
                 f"{100 * (mpa - ref_mpa):+.2f}",
                 _pct(_top1(r.pareto.get("max"))),
@@ -139,7 +170,9 @@ COMPARE_HEADER = [
     "method",
     "epochs",
     "device-hours",
-    "× cost",
+    "× hours",
+    "train MACs",
+    "× MACs",
     "mean pareto %",
     "Δ pp",
     "largest %",

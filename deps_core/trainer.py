@@ -277,6 +277,7 @@ class Trainer:
             "term_steps": {},
             "data_wait": {},
             "device_seconds": {},
+            "macs": {},
         }
         self.device_name = device_name(self.device)
         self.history: list[dict[str, Any]] = []
@@ -411,7 +412,17 @@ class Trainer:
         if any(t.role == "full" for t in plan.terms):
             stats["full_correct"] += n_correct
             stats["full_seen"] += images.shape[0]
-        return record | {"_terms": len(plan.terms)}
+        return record | {"_terms": len(plan.terms), "_macs": self._step_macs(plan, images)}
+
+    def _step_macs(self, plan: Plan, images: Tensor) -> float:
+        """Multiply-accumulates of the step over all ranks: each term's forward and backward (counted as three
+        forwards, the usual convention: the input and the weight gradients each cost about a forward), and the
+        frozen teacher's forward."""
+        resolution = images.shape[-1]  # 30 µs a subnet (OFA-MBV3): nothing to cache
+        per_image = sum(3 * self.supernet.macs(t.arch, resolution) for t in plan.terms)
+        if plan.needs_teacher:
+            per_image += self.supernet.macs(self.supernet.max_arch(), resolution)
+        return float(per_image) * images.shape[0] * self.ctx.world_size
 
     def _agree(self, term_losses: Tensor) -> Tensor:
         """What every rank must know before the gradient all-reduce, reduced with MAX: per rank, 1 + the index of its
@@ -497,7 +508,8 @@ class Trainer:
                         start = time.perf_counter()
                         record = self.train_step(images, labels)
                         seconds = time.perf_counter() - start
-                        self._account(record["phase"], seconds, record.pop("_terms"), start - waited)
+                        terms, macs = record.pop("_terms"), record.pop("_macs")
+                        self._account(record["phase"], seconds, terms, start - waited, macs)
                         record |= {
                             "step_seconds": seconds,
                             "data_wait": start - waited,
@@ -538,9 +550,10 @@ class Trainer:
             signum,
         )
 
-    def _account(self, phase: str, seconds: float, terms: int, wait: float) -> None:
+    def _account(self, phase: str, seconds: float, terms: int, wait: float, macs: float) -> None:
         c = self.cost
-        for key, v in (("seconds", seconds), ("steps", 1), ("term_steps", terms), ("data_wait", wait)):
+        pairs = (("seconds", seconds), ("steps", 1), ("term_steps", terms), ("data_wait", wait), ("macs", macs))
+        for key, v in pairs:
             c[key][phase] = c[key].get(phase, 0.0) + v
         c["device_seconds"][self.device_name] = c["device_seconds"].get(self.device_name, 0.0) + seconds
 
@@ -616,6 +629,10 @@ class Trainer:
             "devices": world,
             "projected_train_hours": projected / 3600,
             "projected_device_hours": projected * world / 3600,
+            # multiply-accumulates of the steps (forward + backward, all ranks): a cost no device or load changes;
+            # a run resumed from a checkpoint of before 2026-12-07 counts only the steps since
+            "train_macs": sum(c["macs"].values()),
+            "train_macs_by_phase": dict(c["macs"]),
             # the device(s) the hours were spent on, most hours first (a resumed run may have moved)
             "device_name": ", ".join(sorted(c["device_seconds"], key=c["device_seconds"].get, reverse=True)) or None,
         }
@@ -689,7 +706,8 @@ class Trainer:
             self.teacher.load_state_dict(state["teacher"])
         self.epoch_stats = defaultdict(float, state["epoch_stats"])
         self.cost = {k: dict(v) for k, v in state["cost"].items()}
-        self.cost.setdefault("device_seconds", {})  # checkpoints before 2026-12-07 did not record the device
+        for key in ("device_seconds", "macs"):  # checkpoints before 2026-12-07 did not record these
+            self.cost.setdefault(key, {})
         self.history = json.loads(state["history"])
 
     def resume(self, path: str | Path) -> None:

@@ -432,8 +432,22 @@ def test_compare_tabulates_fronts_against_cost_and_names_what_differs(full_run, 
 
     full, _ = full_run
     report = json.loads((full / "report.json").read_text())
-    assert report["cost"]["device_name"].startswith("cpu: ")  # what the device-hours were spent on
     pareto, cost = report["pareto"], report["cost"]
+    assert cost["device_name"].startswith("cpu: ")  # what the device-hours were spent on
+    # the training MACs: every term's forward and backward (3 forwards) on every image of every step's plan
+    from deps_core.macs import subnet_macs
+
+    config = ExperimentConfig.from_dict(report["config"])
+    spec = space_spec(config.model.space, **config.model.space_kwargs())
+    steps = 384 // 32
+    by_phase = {}
+    for epoch in range(3):
+        for step in range(steps):
+            plan = build_strategy(config, spec).plan(Progress(epoch, step, steps), config.run.seed)
+            macs = sum(3 * subnet_macs(spec, t.arch, num_classes=10, resolution=32) * 32 for t in plan.terms)
+            by_phase[plan.phase] = by_phase.get(plan.phase, 0) + macs
+    assert cost["train_macs_by_phase"] == by_phase and cost["train_macs"] == sum(by_phase.values())
+    assert f"training MACs (forward + backward): {cost['train_macs'] / 1e9:.3g}G\n" in full_run[1].stdout
 
     def variant(name: str, **changes) -> Path:
         r = json.loads(json.dumps(report))
@@ -451,6 +465,7 @@ def test_compare_tabulates_fronts_against_cost_and_names_what_differs(full_run, 
         "other",
         cost__device_hours=2 * cost["device_hours"],
         cost__device_name="cuda: NVIDIA H100",
+        cost__train_macs=3 * cost["train_macs"],
         pareto__mean_pareto_accuracy=pareto["mean_pareto_accuracy"] - 0.05,
         pareto__buckets__0__best__top1=0.123,
         config__data__synthetic_val_size=999,
@@ -461,12 +476,14 @@ def test_compare_tabulates_fronts_against_cost_and_names_what_differs(full_run, 
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert lines[2].split()[:5] == ["full", "deps", "3", f"{cost['device_hours']:.4g}", "1.00×"]
-    assert lines[3].split()[:7] == [
+    assert lines[3].split()[:9] == [
         "other",
         "bignas",
         "3",
         f"{2 * cost['device_hours']:.4g}",
         "2.00×",
+        f"{3 * cost['train_macs'] / 1e9:.3g}G",
+        "3.00×",
         f"{100 * pareto['mean_pareto_accuracy'] - 5:.2f}",
         "-5.00",
     ]
@@ -859,7 +876,7 @@ def test_eval_command_recalibrates_and_writes_the_pareto_report(full_run, env, t
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = proc.stdout.splitlines()
     assert rows[3].split()[:5] == ["eval", "deps", "3", f"{report['cost']['device_hours']:.4g}", "1.00×"]
-    assert rows[3].split()[5] == f"{100 * report['mean_pareto_accuracy']:.2f}"
+    assert rows[3].split()[6:8] == ["1.00×", f"{100 * report['mean_pareto_accuracy']:.2f}"]
     assert "note: eval was evaluated on other data than full: data.source 'beton' (not 'synthetic')" in proc.stdout
     assert png.read_bytes()[:4] == b"\x89PNG"
 
