@@ -478,7 +478,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     print(format_pareto_table(report))
     runs = {args.label or config.method.name: report["buckets"]} | overlays
     plot_pareto(runs, out / "pareto.png", title=f"{net.spec.name}")
-    about = {  # what `deps compare` sets beside the front: the run's config and its training cost so far
+    # what `deps compare` sets beside the front: the run's config and its training cost (to its last finished epoch)
+    about = {
         "checkpoint": str(ckpt),
         "config": config.to_dict(),
         "trained_epochs": len(history),

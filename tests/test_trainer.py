@@ -519,6 +519,22 @@ def test_compare_tabulates_fronts_against_cost_and_names_what_differs(full_run, 
         assert message in err and len(err.strip().splitlines()) == 1, err
 
 
+def test_a_checkpoint_without_the_device_and_mac_counts_resumes_and_counts_from_there():
+    # checkpoints written before the cost recorded devices and MACs
+    config = apply_overrides(load_preset("default"), ["model.width_mult=0.25", "run.progress=false"])
+    batches = [(torch.randn(4, 3, 16, 16), torch.randint(0, 10, (4,)))]
+    state = Trainer(config, batches, num_classes=10).state_dict()
+    for key in ("device_seconds", "macs"):
+        del state["cost"][key]
+    state["cost"]["seconds"] = {"fm_warmup": 10.0}
+    resumed = Trainer(config, batches, num_classes=10)
+    resumed.load_state_dict(state)
+    resumed._account("fm_warmup", 2.0, 1, 0.0, 5e9)
+    cost = resumed.cost_report()
+    assert cost["train_seconds"] == 12.0 and cost["train_macs"] == 5e9  # the MACs since the resume
+    assert cost["device_name"] == resumed.device_name and resumed.device_name.startswith("cpu: ")
+
+
 def test_on_epoch_end_sees_each_finished_epoch_after_its_checkpoint(tmp_path):
     config = apply_overrides(
         load_preset("default"),
