@@ -294,6 +294,12 @@ class ExperimentConfig:
     run: RunConfig = attrs.Factory(RunConfig)
 
     def __attrs_post_init__(self) -> None:
+        if self.method.name in ("ofa", "compofa") and self.optim.name != "sgd":
+            raise ValueError(
+                f"method {self.method.name!r} trains the phases after the full model's at its paper's fixed SGD "
+                f"rates, which optim.name={self.optim.name!r} would take as its own: set optim.name=sgd (and an SGD "
+                "optim.lr for the full model's phase)"
+            )
         if self.data.batch_size % self.run.grad_accum:
             raise ValueError(
                 f"data.batch_size={self.data.batch_size} does not split into run.grad_accum={self.run.grad_accum} "

@@ -326,16 +326,23 @@ def test_a_config_file_setting_a_method_field_the_method_ignores_is_refused_but_
         return code, out, err
 
     edited = tmp_path / "ofa_longer.json"
-    edited.write_text(json.dumps({"method": {"name": "ofa", "epochs": 100}}))  # OFA's length is method.phases
+    edited.write_text(json.dumps({"method": {"name": "ofa", "epochs": 100}, "optim": {"name": "sgd"}}))  # OFA: phases
     code, _, err = dry_run("--config", str(edited))
     assert code == 2 and f"method.epochs=100 in {edited} does not apply to method 'ofa', which reads" in err, err
     code, dump, _ = dry_run("--preset", "ofa-mbv3-imagenet")  # every field, the unread ones at their defaults
     (tmp_path / "ofa.json").write_text(dump)
     code, out, err = dry_run("--config", str(tmp_path / "ofa.json"))
     assert code == 0 and ExperimentConfig.from_dict(json.loads(out)) == load_preset("ofa-mbv3-imagenet"), err
-    (tmp_path / "name.json").write_text(json.dumps({"method": {"name": "ofa"}}))  # the preset's DεpS epochs stay
+    # the preset's DεpS epochs stay; OFA's phases have SGD rates, so the default's AdamW is refused
+    (tmp_path / "name.json").write_text(json.dumps({"method": {"name": "ofa"}}))
+    code, out, err = dry_run("--config", str(tmp_path / "name.json"))
+    assert code == 2 and "method 'ofa' trains the phases after the full model's at its paper's fixed SGD rates" in err
+    assert "optim.name='adamw' would take as its own: set optim.name=sgd" in err and len(err.strip().splitlines()) == 1
+    (tmp_path / "name.json").write_text(json.dumps({"method": {"name": "ofa"}, "optim": {"name": "sgd"}}))
     code, out, err = dry_run("--config", str(tmp_path / "name.json"))
     assert code == 0 and json.loads(out)["method"]["epochs"] == load_preset("default").method.epochs, err
+    code, _, err = dry_run("method.name=compofa")
+    assert code == 2 and "method 'compofa' trains the phases" in err, err
 
 
 def test_dry_run_prints_the_resolved_config(env, tmp_path):
