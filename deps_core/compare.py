@@ -133,7 +133,8 @@ def _ratio(v: float | None, ref: float | None) -> str:
 
 
 def compare_rows(runs: dict[str, RunReport]) -> list[list[str]]:
-    """One row per run: method, epochs, device-hours and training MACs with their ratios to the first run's, mean
+    """One row per run: method, epochs, minutes of training per epoch (wall time, the paper's "average time per
+    epoch"), device-hours and training MACs with their ratios to the first run's, mean
     pareto accuracy and its difference to the first run's (percentage points), the largest and the smallest subnet's
     top-1."""
 
@@ -145,13 +146,14 @@ def compare_rows(runs: dict[str, RunReport]) -> list[list[str]]:
     ref_mpa = first.pareto["mean_pareto_accuracy"]
     rows = []
     for name, r in runs.items():
-        hours, macs = cost(r, "device_hours"), cost(r, "train_macs")
+        hours, macs, seconds = cost(r, "device_hours"), cost(r, "train_macs"), cost(r, "train_seconds")
         mpa = r.pareto["mean_pareto_accuracy"]
         rows.append(
             [
                 name,
                 r.method,
                 "-" if r.epochs is None else str(r.epochs),
+                "-" if seconds is None or not r.epochs else f"{seconds / 60 / r.epochs:.3g}",
                 "-" if hours is None else f"{hours:.4g}",
                 _ratio(hours, ref_hours),
                 si_count(macs),
@@ -169,6 +171,7 @@ COMPARE_HEADER = [
     "run",
     "method",
     "epochs",
+    "min/epoch",
     "device-hours",
     "× hours",
     "train MACs",

@@ -482,11 +482,13 @@ def test_compare_tabulates_fronts_against_cost_and_names_what_differs(full_run, 
     assert main(["compare", str(full), str(other), "--out", str(png)]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
-    assert lines[2].split()[:5] == ["full", "deps", "3", f"{cost['device_hours']:.4g}", "1.00×"]
-    assert lines[3].split()[:9] == [
+    minutes = f"{cost['train_seconds'] / 60 / 3:.3g}"
+    assert lines[2].split()[:6] == ["full", "deps", "3", minutes, f"{cost['device_hours']:.4g}", "1.00×"]
+    assert lines[3].split()[:10] == [
         "other",
         "bignas",
         "3",
+        minutes,
         f"{2 * cost['device_hours']:.4g}",
         "2.00×",
         f"{3 * cost['train_macs'] / 1e9:.3g}G",
@@ -898,8 +900,9 @@ def test_eval_command_recalibrates_and_writes_the_pareto_report(full_run, env, t
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = proc.stdout.splitlines()
-    assert rows[3].split()[:5] == ["eval", "deps", "3", f"{report['cost']['device_hours']:.4g}", "1.00×"]
-    assert rows[3].split()[6:8] == ["1.00×", f"{100 * report['mean_pareto_accuracy']:.2f}"]
+    minutes = f"{report['cost']['train_seconds'] / 60 / 3:.3g}"
+    assert rows[3].split()[:6] == ["eval", "deps", "3", minutes, f"{report['cost']['device_hours']:.4g}", "1.00×"]
+    assert rows[3].split()[7:9] == ["1.00×", f"{100 * report['mean_pareto_accuracy']:.2f}"]
     assert "note: eval was evaluated on other data than full: data.source 'beton' (not 'synthetic')" in proc.stdout
     assert png.read_bytes()[:4] == b"\x89PNG"
 
