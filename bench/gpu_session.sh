@@ -16,8 +16,8 @@
 #
 # Stages (caps in seconds, overridable as CAP_<stage>=N):
 #   env     nvidia-smi, versions, bench/ceilings.py (copy bandwidth, bf16 matmul rate)          30
-#   tests   pytest -m gpu tests/ (kernels, fused step and trainer, bf16 eval, CUDA latency; not   180
-#           the fused depthwise layer's, which the bnact stage runs)
+#   tests   pytest -m gpu tests/ (kernels, fused step and trainer, the GPU defaults, bf16 eval,  180
+#           CUDA latency; not the fused depthwise layer's, which the bnact stage runs)
 #   dwconv  bench/test_bench_dwconv.py, forward+backward, bf16 and fp32, both layouts            150
 #   step    bench/test_bench_step.py -m gpu (shrinking step, FM-warmup step, k sweep)            150
 #           and bench/test_bench_grad_engine.py -m gpu (torch.func vs autograd.grad) if time is left

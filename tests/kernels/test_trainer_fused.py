@@ -10,10 +10,13 @@ to fp32 rounding (2e-3 of each update's norm). On the CPU the kernels run in the
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from deps_kernels import elastic_dwconv as E
 
+from deps_core import ops
 from deps_core.config import apply_overrides, load_preset
 from deps_core.distributed import DistContext
 from deps_core.trainer import Trainer
@@ -108,3 +111,46 @@ def test_fusing_needs_the_triton_backend_named_in_the_config(flag):
         apply_overrides(load_preset("default"), [f"run.{flag}=true", "run.dw_backend=torch"])
     with pytest.raises(ValueError, match=f"run.{flag} needs the Triton depthwise backend"):
         apply_overrides(load_preset("default"), [f"run.{flag}=true", "run.device=cpu"])
+
+
+def _default_path_steps(device: str, overrides: list[str]):
+    """Two trainers from the embedded default (32×32, batch 16, ε-shrinking from the first step, SGD) on ``device``,
+    one as ``overrides`` leave it, one with the torch depthwise backend, and two steps each on the same batches:
+    ``(ours, its initial weights, its step records, the torch backend's step records)``."""
+    g = torch.Generator().manual_seed(5)
+    batches = [(torch.randn(16, 3, 32, 32, generator=g), torch.randint(0, 10, (16,), generator=g)) for _ in range(2)]
+    common = ["model.dropout=0", "method.p_fm=0", "method.k=3", "optim.name=sgd", "optim.lr=0.05", "run.progress=false"]
+
+    def trainer(extra: list[str]) -> Trainer:
+        config = apply_overrides(load_preset("default"), [*common, f"run.device={device}", *overrides, *extra])
+        return Trainer(config, _Batches(batches), num_classes=10, ctx=DistContext(device=torch.device(device)))
+
+    ours, reference = trainer([]), trainer(["run.dw_backend=torch"])
+    start = {k: v.clone() for k, v in ours.supernet.state_dict().items()}
+    records = [[t.train_step(x, y) for x, y in batches] for t in (ours, reference)]
+    return ours, start, records[0], records[1]
+
+
+def _check_default_path(ours, start, a, b) -> None:
+    # the first step's losses are forward passes of the same weights; the second's follow updates that differ
+    for ra, rb, rel in zip(a, b, (2e-3, 3e-2)):
+        assert ra["_terms"] == rb["_terms"] == 3
+        for key in ra["losses"]:
+            assert math.isfinite(ra["losses"][key]), key
+            assert ra["losses"][key] == pytest.approx(rb["losses"][key], rel=rel), key
+    moved = {n for n, p in ours.supernet.named_parameters() if not torch.equal(p.detach(), start[n])}
+    assert all(bool(p.detach().isfinite().all()) for p in ours.supernet.parameters())
+    assert any(".dw.weight" in n for n in moved) and len(moved) > len(start) // 4
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(E.INTERPRETED, reason="kernels interpreted")
+def test_the_gpu_defaults_bf16_channels_last_and_triton_train_as_the_torch_backend_does():
+    # what `deps train` runs on a GPU with run.amp, run.channels_last and run.dw_backend at auto. Under bf16 the two
+    # depthwise paths round differently and this random net's gradients amplify it (bf16 against fp32 on the CPU:
+    # 0.55 of the gradient's norm apart), so the updates are not compared; the losses are forward passes, which bf16
+    # moves by 1e-4 here, and a wrong layout, dtype, ε or window moves by far more
+    ours, start, a, b = _default_path_steps("cuda", [])
+    assert ours.amp and ours.channels_last
+    assert ops.resolve_depthwise_backend("auto", torch.empty(0, device="cuda")) == "triton"
+    _check_default_path(ours, start, a, b)
