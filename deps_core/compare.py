@@ -239,8 +239,10 @@ def plot_fronts(runs: dict[str, RunReport], path: str | os.PathLike) -> None:
     """The runs' bucket-best subnets, accuracy against MACs, overlaid, as a PNG at ``path``."""
 
     def label(name: str, r: RunReport) -> str:
-        hours = f", {r.cost['device_hours']:.3g} device-h" if r.cost else ""
-        return f"{name} ({r.method}{hours})"
+        about = [r.method] if r.method not in (name, "-") else []
+        if r.cost:
+            about.append(f"{r.cost['device_hours']:.3g} device-h")
+        return f"{name} ({', '.join(about)})" if about else name
 
     spaces = sorted({r.space for r in runs.values() if r.space})
     plot_pareto({label(n, r): r.bucket_results() for n, r in runs.items()}, path, title=", ".join(spaces))
