@@ -747,16 +747,19 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from deps_core.compare import (
         COMPARE_HEADER,
         bucket_rows,
+        bucket_summary,
         compare_notes,
         compare_rows,
+        compare_summary,
         plot_fronts,
         read_run_report,
         run_names,
     )
 
     out = Path(args.out)
-    if out.is_dir():
-        raise ValueError(f"--out {out} is a directory; give the PNG's path")
+    for flag, path in (("--out", out), ("--json", args.json)):
+        if path is not None and Path(path).is_dir():
+            raise ValueError(f"{flag} {path} is a directory; give the file's path")
     runs = {name: read_run_report(path) for name, path in zip(run_names(args.runs), args.runs)}
     print(_table(compare_rows(runs), COMPARE_HEADER))
     buckets = bucket_rows(runs)
@@ -765,10 +768,16 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         print()
         print("best top-1 % per MAC bucket (MMACs)")
         print(_table(rows, header))
-    for note in compare_notes(runs):
+    notes = compare_notes(runs)
+    for note in notes:
         print(f"note: {note}")
     plot_fronts(runs, out)
-    print(f"wrote {out}")
+    written = [out]
+    if args.json is not None:
+        summary = {"runs": compare_summary(runs), "buckets": bucket_summary(runs), "notes": notes}
+        Path(args.json).write_text(json.dumps(summary, indent=1) + "\n")
+        written.append(Path(args.json))
+    print("wrote " + ", ".join(map(str, written)))
     return 0
 
 
@@ -905,6 +914,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="deps train run directories or deps eval outputs (their report.json); the first is the reference",
     )
     p.add_argument("--out", default="compare.png", help="the PNG of the fronts (default: compare.png)")
+    p.add_argument("--json", help="also write the figures, the buckets and the notes as JSON to this file")
     p.set_defaults(fn=_cmd_compare)
 
     p = sub.add_parser("spaces", help="list the registered spaces with their largest and smallest MACs")

@@ -28,7 +28,9 @@ __all__ = [
     "RunReport",
     "read_run_report",
     "run_names",
+    "compare_summary",
     "compare_rows",
+    "bucket_summary",
     "bucket_rows",
     "compare_notes",
     "plot_fronts",
@@ -128,15 +130,15 @@ def si_count(v: float | None) -> str:
     return f"{v:.3g}"
 
 
-def _ratio(v: float | None, ref: float | None) -> str:
-    return f"{v / ref:.2f}×" if v is not None and ref else "-"
+def _ratio(v: float | None, ref: float | None) -> float | None:
+    return v / ref if v is not None and ref else None
 
 
-def compare_rows(runs: dict[str, RunReport]) -> list[list[str]]:
-    """One row per run: method, epochs, minutes of training per epoch (wall time, the paper's "average time per
-    epoch"), device-hours and training MACs with their ratios to the first run's, mean
-    pareto accuracy and its difference to the first run's (percentage points), the largest and the smallest subnet's
-    top-1."""
+def compare_summary(runs: dict[str, RunReport]) -> list[dict[str, Any]]:
+    """Per run, the figures of :func:`compare_rows` as numbers (``None`` where the report does not say): method,
+    epochs, minutes of training per epoch (wall time, the paper's "average time per epoch"), device-hours and
+    training MACs with their ratios to the first run's, mean pareto accuracy and its difference to the first run's,
+    the largest and the smallest subnet's top-1 (accuracies as fractions)."""
 
     def cost(r: RunReport, key: str) -> float | None:
         return (r.cost or {}).get(key)
@@ -144,27 +146,53 @@ def compare_rows(runs: dict[str, RunReport]) -> list[list[str]]:
     first = next(iter(runs.values()))
     ref_hours, ref_macs = cost(first, "device_hours"), cost(first, "train_macs")
     ref_mpa = first.pareto["mean_pareto_accuracy"]
-    rows = []
+    out = []
     for name, r in runs.items():
         hours, macs, seconds = cost(r, "device_hours"), cost(r, "train_macs"), cost(r, "train_seconds")
         mpa = r.pareto["mean_pareto_accuracy"]
-        rows.append(
-            [
-                name,
-                r.method,
-                "-" if r.epochs is None else str(r.epochs),
-                "-" if seconds is None or not r.epochs else f"{seconds / 60 / r.epochs:.3g}",
-                "-" if hours is None else f"{hours:.4g}",
-                _ratio(hours, ref_hours),
-                si_count(macs),
-                _ratio(macs, ref_macs),
-                _pct(mpa),
-                f"{100 * (mpa - ref_mpa):+.2f}",
-                _pct(_top1(r.pareto.get("max"))),
-                _pct(_top1(r.pareto.get("min"))),
-            ]
+        out.append(
+            {
+                "run": name,
+                "path": str(r.path),
+                "method": r.method,
+                "epochs": r.epochs,
+                "minutes_per_epoch": seconds / 60 / r.epochs if seconds is not None and r.epochs else None,
+                "device_hours": hours,
+                "hours_ratio": _ratio(hours, ref_hours),
+                "train_macs": macs,
+                "macs_ratio": _ratio(macs, ref_macs),
+                "mean_pareto_accuracy": mpa,
+                "mean_pareto_delta": mpa - ref_mpa,
+                "largest_top1": _top1(r.pareto.get("max")),
+                "smallest_top1": _top1(r.pareto.get("min")),
+            }
         )
-    return rows
+    return out
+
+
+def compare_rows(runs: dict[str, RunReport]) -> list[list[str]]:
+    """:func:`compare_summary` as table rows under :data:`COMPARE_HEADER`."""
+
+    def num(v: float | None, fmt: str) -> str:
+        return "-" if v is None else format(v, fmt)
+
+    return [
+        [
+            s["run"],
+            s["method"],
+            num(s["epochs"], "d"),
+            num(s["minutes_per_epoch"], ".3g"),
+            num(s["device_hours"], ".4g"),
+            "-" if s["hours_ratio"] is None else f"{s['hours_ratio']:.2f}×",
+            si_count(s["train_macs"]),
+            "-" if s["macs_ratio"] is None else f"{s['macs_ratio']:.2f}×",
+            _pct(s["mean_pareto_accuracy"]),
+            f"{100 * s['mean_pareto_delta']:+.2f}",
+            _pct(s["largest_top1"]),
+            _pct(s["smallest_top1"]),
+        ]
+        for s in compare_summary(runs)
+    ]
 
 
 COMPARE_HEADER = [
@@ -189,21 +217,29 @@ def _bucket_count(pareto: dict[str, Any]) -> int:
     return round((hi - lo) / (b["hi"] - b["lo"]))
 
 
-def bucket_rows(runs: dict[str, RunReport]) -> tuple[list[str], list[list[str]]] | None:
-    """``(header, rows)``: each run's best top-1 per MAC bucket (``-`` where a bucket had no subnet), or ``None`` when
-    the runs' MAC ranges or bucket counts differ (their buckets are not the same intervals)."""
+def bucket_summary(runs: dict[str, RunReport]) -> dict[str, Any] | None:
+    """``{"ranges": [(lo, hi) MACs per bucket], "top1": {run: [best top-1 or None per bucket]}}``, or ``None`` when the
+    runs' MAC ranges or bucket counts differ (their buckets are not the same intervals)."""
     first = next(iter(runs.values())).pareto
     n = _bucket_count(first)
     if any(r.pareto["macs_range"] != first["macs_range"] or _bucket_count(r.pareto) != n for r in runs.values()):
         return None
     lo, hi = first["macs_range"]
     width = (hi - lo) / n
-    header = ["run"] + [f"{(lo + i * width) / 1e6:.4g}-{(lo + (i + 1) * width) / 1e6:.4g}" for i in range(n)]
-    rows = []
+    top1 = {}
     for name, r in runs.items():
         best = {b["bucket"]: b["best"]["top1"] for b in r.pareto["buckets"]}
-        rows.append([name] + [_pct(best.get(i)) for i in range(n)])
-    return header, rows
+        top1[name] = [best.get(i) for i in range(n)]
+    return {"ranges": [(lo + i * width, lo + (i + 1) * width) for i in range(n)], "top1": top1}
+
+
+def bucket_rows(runs: dict[str, RunReport]) -> tuple[list[str], list[list[str]]] | None:
+    """``(header, rows)``: :func:`bucket_summary` as a table (MMACs ranges; ``-`` where a bucket had no subnet)."""
+    summary = bucket_summary(runs)
+    if summary is None:
+        return None
+    header = ["run"] + [f"{lo / 1e6:.4g}-{hi / 1e6:.4g}" for lo, hi in summary["ranges"]]
+    return header, [[name] + [_pct(v) for v in top1] for name, top1 in summary["top1"].items()]
 
 
 def compare_notes(runs: dict[str, RunReport]) -> list[str]:

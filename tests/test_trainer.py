@@ -478,9 +478,17 @@ def test_compare_tabulates_fronts_against_cost_and_names_what_differs(full_run, 
         config__data__synthetic_val_size=999,
         config__method__name="bignas",
     )
-    png = tmp_path / "cmp.png"
-    assert main(["compare", str(full), str(other), "--out", str(png)]) == 0
+    png, summary = tmp_path / "cmp.png", tmp_path / "cmp.json"
+    assert main(["compare", str(full), str(other), "--out", str(png), "--json", str(summary)]) == 0
     out = capsys.readouterr().out
+    figures = json.loads(summary.read_text())
+    assert [r["run"] for r in figures["runs"]] == ["full", "other"] and figures["notes"] == [
+        line[len("note: ") :] for line in out.splitlines() if line.startswith("note: ")
+    ]
+    theirs = figures["runs"][1]
+    assert theirs["hours_ratio"] == pytest.approx(2.0) and theirs["macs_ratio"] == pytest.approx(3.0)
+    assert theirs["mean_pareto_delta"] == pytest.approx(-0.05) and theirs["method"] == "bignas"
+    assert figures["buckets"]["top1"]["other"][0] == 0.123 and len(figures["buckets"]["ranges"]) == 6
     lines = out.splitlines()
     minutes = f"{cost['train_seconds'] / 60 / 3:.3g}"
     assert lines[2].split()[:6] == ["full", "deps", "3", minutes, f"{cost['device_hours']:.4g}", "1.00×"]
@@ -521,7 +529,8 @@ def test_compare_tabulates_fronts_against_cost_and_names_what_differs(full_run, 
         ([str(tmp_path / "unfinished")], "its report has no Pareto front (the run's final evaluation did not run"),
         ([str(tmp_path / "broken")], "report.json is not JSON"),
         ([str(full), str(full) + "/"], "a run is given twice"),
-        ([str(full), "--out", str(tmp_path)], "is a directory; give the PNG's path"),
+        ([str(full), "--out", str(tmp_path)], f"--out {tmp_path} is a directory; give the file's path"),
+        ([str(full), "--json", str(tmp_path)], f"--json {tmp_path} is a directory; give the file's path"),
     ]:
         assert main(["compare", *argv]) == 2
         err = capsys.readouterr().err
