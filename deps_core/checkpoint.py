@@ -106,6 +106,7 @@ def supernet_from_checkpoint(path: str | os.PathLike, *, device: str | torch.dev
         config.model.space,
         num_classes=state["num_classes"],
         kernel_transform=config.model.kernel_transform,
+        zero_init_residual=config.model.zero_init_residual,
         **config.model.space_kwargs(),
     )
     try:

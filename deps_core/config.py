@@ -96,6 +96,7 @@ class ModelConfig:
     e_choices: tuple[int, ...] | None = attrs.field(default=None, converter=_int_tuple_or_none)
     d_choices: tuple[int, ...] | None = attrs.field(default=None, converter=_int_tuple_or_none)
     kernel_transform: bool = True
+    zero_init_residual: bool = False
     dropout: float | None = attrs.field(default=None, validator=attrs.validators.optional(_fraction))
     bn_momentum: float | None = attrs.field(default=None, validator=attrs.validators.optional(_fraction))
 

@@ -123,6 +123,9 @@ class Supernet(nn.Module):
     ``kernel_transform``: learn OFA's kernel-transform matrices (smaller kernels = transformed centres of larger
     ones); off, a smaller kernel is the plain centre crop. With a single kernel choice there is nothing to transform.
     ``generator``: the RNG for the initial weights (OFA's ``he_fout`` init); ``None`` uses torch's default RNG.
+    ``zero_init_residual``: start the last BN scale of every residual block at 0 (BigNAS §3.1, AttentiveNAS's
+    ``zero_residual_block_bn_weights``), so each residual block is the identity at initialization and the initial
+    network is the same at every depth; OFA and DεpS leave it at 1.
     """
 
     def __init__(
@@ -132,6 +135,7 @@ class Supernet(nn.Module):
         *,
         kernel_transform: bool = True,
         generator: torch.Generator | None = None,
+        zero_init_residual: bool = False,
     ):
         super().__init__()
         if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
@@ -139,6 +143,7 @@ class Supernet(nn.Module):
         self.spec = spec
         self.num_classes = num_classes
         self.kernel_transform = bool(kernel_transform) and len(spec.ks_choices) > 1
+        self.zero_init_residual = bool(zero_init_residual)
         ks = spec.ks_choices
 
         self.stem = ConvBN(3, spec.stem.cout, spec.stem.kernel_size, spec.stem.bn)
@@ -158,7 +163,8 @@ class Supernet(nn.Module):
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """OFA's ``init_models(net, "he_fout")``: conv ``N(0, 2 / (k² · C_out))``, BN (1, 0), linear
-        ``U(±1/sqrt(C_in))``, biases 0, transform matrices the identity."""
+        ``U(±1/sqrt(C_in))``, biases 0, transform matrices the identity; with ``zero_init_residual`` the residual
+        blocks' ``project_bn`` scales 0."""
         for module in self.modules():
             if isinstance(module, ConvWeight):
                 cout, _, k, _ = module.weight.shape
@@ -181,6 +187,14 @@ class Supernet(nn.Module):
                 bound = 1.0 / math.sqrt(module.weight.shape[1])
                 module.weight.uniform_(-bound, bound, generator=generator)
                 module.bias.zero_()
+        if self.zero_init_residual:
+            for block in self.residual_blocks():
+                block.project_bn.weight.zero_()
+
+    def residual_blocks(self) -> list[Block]:
+        """The blocks with an identity shortcut (stride 1, same width in and out), the fixed first one included."""
+        pairs = [(self.spec.first, self.first), *zip(self.spec.blocks, self.blocks)]
+        return [block for spec, block in pairs if spec.residual]
 
     # --- archs ----------------------------------------------------------------------------------------------------
     @property

@@ -241,6 +241,7 @@ class Trainer:
             config.model.space,
             num_classes=num_classes,
             kernel_transform=config.model.kernel_transform,
+            zero_init_residual=config.model.zero_init_residual,
             generator=init,
             **config.model.space_kwargs(),
         )

@@ -124,6 +124,46 @@ def test_choosing_a_subnet_changes_nothing_on_the_module(space, nets, generator)
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
 
 
+@pytest.mark.parametrize("space", SPACES)
+def test_zero_init_residual_makes_every_residual_block_the_identity_at_init(space, generator):
+    from deps_core.arch import uniform_arch
+
+    plain = create_supernet(space, num_classes=7, generator=torch.Generator().manual_seed(3))
+    zero = create_supernet(space, num_classes=7, generator=torch.Generator().manual_seed(3), zero_init_residual=True)
+    spec = zero.spec
+    residual = {f"blocks.{b.index}.project_bn.weight" for b in spec.blocks if b.residual}
+    residual |= {"first.project_bn.weight"} if spec.first.residual else set()
+    assert residual and len(residual) < len(spec.blocks)  # the first block of a stage has no shortcut
+    zeroed = {n for n, p in zero.named_parameters() if not torch.equal(p, plain.state_dict()[n])}
+    assert zeroed == residual
+    assert all(torch.count_nonzero(zero.state_dict()[n]) == 0 for n in residual)
+    assert len(zero.residual_blocks()) == len(residual) and not plain.zero_init_residual
+
+    # at init a subnet's output does not depend on its depths, nor on the kernels and widths of residual blocks
+    a = uniform_arch(spec, generator)
+    shallow_ks, shallow_e = list(a.ks), list(a.e)
+    for stage in spec.stages:
+        for i in range(stage.first_block + 1, stage.first_block + stage.max_depth):
+            shallow_ks[i], shallow_e[i] = min(spec.ks_choices), min(spec.e_choices)
+    b = a.replace(d=tuple(min(s.d_choices) for s in spec.stages), ks=tuple(shallow_ks), e=tuple(shallow_e))
+    assert b != a
+    x = _input(zero, generator=generator)
+
+    def run(net, arch):
+        with torch.random.fork_rng():  # the same dropout mask every time
+            torch.manual_seed(0)
+            return net(x, arch)
+
+    for mode in ("train", "eval"):
+        zero.train(mode == "train"), plain.train(mode == "train")
+        assert torch.equal(run(zero, a), run(zero, b)), mode
+        assert not torch.allclose(run(plain, a), run(plain, b)), mode
+    # and the zeroed scales train: their gradient is not zero
+    zero.train()
+    zero(x, zero.max_arch()).square().mean().backward()
+    assert all(zero.get_parameter(n).grad.abs().sum() > 0 for n in residual)
+
+
 def test_training_forward_moves_only_the_active_running_statistics(generator):
     net = create_supernet("ofa_mbv3_32", num_classes=5, width_mult=0.5, generator=generator).train()
     arch = net.min_arch()

@@ -553,6 +553,20 @@ def test_a_checkpoint_without_the_device_and_mac_counts_resumes_and_counts_from_
     assert cost["device_name"] == resumed.device_name and resumed.device_name.startswith("cpu: ")
 
 
+def test_model_zero_init_residual_starts_the_trainers_residual_blocks_at_the_identity():
+    batches = [(torch.randn(4, 3, 16, 16), torch.randint(0, 10, (4,)))]
+    scales = {}
+    for flag in ("false", "true"):
+        config = apply_overrides(load_preset("default"), ["model.width_mult=0.25", f"model.zero_init_residual={flag}"])
+        net = Trainer(config, batches, num_classes=10).supernet
+        scales[flag] = {
+            b.index: float(net.blocks[b.index].project_bn.weight.detach().abs().sum()) for b in net.spec.blocks
+        }
+        residual = {b.index for b in net.spec.blocks if b.residual}
+    assert all(v > 0 for v in scales["false"].values())
+    assert {i for i, v in scales["true"].items() if v == 0} == residual and len(residual) < len(scales["true"])
+
+
 def test_on_epoch_end_sees_each_finished_epoch_after_its_checkpoint(tmp_path):
     config = apply_overrides(
         load_preset("default"),

@@ -60,12 +60,12 @@ def create_supernet(name: str, num_classes: int = 1000, **kw: Any):
     """Build the supernet of a registered space.
 
     Keywords that shape the space (``width_mult``, ``ks_choices``, ``e_choices``, ``d_choices``, ``resolutions``,
-    ``bn_momentum``, ``bn_eps``, ``dropout``) go to the space builder; the rest (``kernel_transform``, ``generator``)
-    go to :class:`deps_core.supernet.Supernet`.
+    ``bn_momentum``, ``bn_eps``, ``dropout``) go to the space builder; the rest (``kernel_transform``, ``generator``,
+    ``zero_init_residual``) go to :class:`deps_core.supernet.Supernet`.
     """
     from deps_core.supernet import Supernet
 
-    net_keys = {"kernel_transform", "generator"}
+    net_keys = {"kernel_transform", "generator", "zero_init_residual"}
     net_kw = {k: v for k, v in kw.items() if k in net_keys}
     spec_kw = {k: v for k, v in kw.items() if k not in net_keys}
     return Supernet(space_spec(name, **spec_kw), num_classes=num_classes, **net_kw)
