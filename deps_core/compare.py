@@ -173,8 +173,8 @@ def compare_summary(runs: dict[str, RunReport]) -> list[dict[str, Any]]:
 def compare_rows(runs: dict[str, RunReport]) -> list[list[str]]:
     """:func:`compare_summary` as table rows under :data:`COMPARE_HEADER`."""
 
-    def num(v: float | None, fmt: str) -> str:
-        return "-" if v is None else format(v, fmt)
+    def num(v: float | None, fmt: str, unit: str = "") -> str:
+        return "-" if v is None else format(v, fmt) + unit
 
     return [
         [
@@ -183,9 +183,9 @@ def compare_rows(runs: dict[str, RunReport]) -> list[list[str]]:
             num(s["epochs"], "d"),
             num(s["minutes_per_epoch"], ".3g"),
             num(s["device_hours"], ".4g"),
-            "-" if s["hours_ratio"] is None else f"{s['hours_ratio']:.2f}×",
+            num(s["hours_ratio"], ".2f", "×"),
             si_count(s["train_macs"]),
-            "-" if s["macs_ratio"] is None else f"{s['macs_ratio']:.2f}×",
+            num(s["macs_ratio"], ".2f", "×"),
             _pct(s["mean_pareto_accuracy"]),
             f"{100 * s['mean_pareto_delta']:+.2f}",
             _pct(s["largest_top1"]),

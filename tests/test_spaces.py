@@ -134,7 +134,8 @@ def test_zero_init_residual_makes_every_residual_block_the_identity_at_init(spac
     residual = {f"blocks.{b.index}.project_bn.weight" for b in spec.blocks if b.residual}
     residual |= {"first.project_bn.weight"} if spec.first.residual else set()
     assert residual and len(residual) < len(spec.blocks)  # the first block of a stage has no shortcut
-    zeroed = {n for n, p in zero.named_parameters() if not torch.equal(p, plain.state_dict()[n])}
+    initial = plain.state_dict()
+    zeroed = {n for n, p in zero.named_parameters() if not torch.equal(p, initial[n])}
     assert zeroed == residual
     assert all(torch.count_nonzero(zero.state_dict()[n]) == 0 for n in residual)
     assert len(zero.residual_blocks()) == len(residual) and not plain.zero_init_residual
