@@ -746,11 +746,17 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     the fronts overlaid in a PNG."""
     from deps_core.compare import (
         COMPARE_HEADER,
+        GROUP_HEADER,
         bucket_rows,
         bucket_summary,
         compare_notes,
         compare_rows,
         compare_summary,
+        group_bucket_rows,
+        group_notes,
+        group_rows,
+        group_runs,
+        group_summary,
         plot_fronts,
         read_run_report,
         run_names,
@@ -768,13 +774,29 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         print()
         print("best top-1 % per MAC bucket (MMACs)")
         print(_table(rows, header))
-    notes = compare_notes(runs)
+    groups = group_runs(runs)
+    repeats = any(len(members) > 1 for members in groups.values())
+    grouped = group_summary(runs, groups) if repeats else None
+    if grouped is not None:  # runs that differ only in their seed: each experiment's mean and spread
+        print()
+        print("repeats of one experiment (configs equal but for the seed): mean pareto % as mean ± sd over its runs;")
+        print("Δ pp: the difference of means to the first group ± its standard error; p: exact permutation test")
+        print(_table(group_rows(grouped), GROUP_HEADER))
+        buckets = group_bucket_rows(runs, groups)
+        if buckets is not None:
+            header, rows = buckets
+            print()
+            print("best top-1 % per MAC bucket (MMACs), mean over each group's runs")
+            print(_table(rows, header))
+    notes = compare_notes(runs) + (group_notes(grouped) if grouped is not None else [])
     for note in notes:
         print(f"note: {note}")
-    plot_fronts(runs, out)
+    plot_fronts(runs, out, groups)
     written = [out]
     if args.json is not None:
         summary = {"runs": compare_summary(runs), "buckets": bucket_summary(runs), "notes": notes}
+        if grouped is not None:
+            summary["groups"] = grouped
         Path(args.json).write_text(json.dumps(summary, indent=1) + "\n")
         written.append(Path(args.json))
     print("wrote " + ", ".join(map(str, written)))
@@ -911,7 +933,8 @@ def build_parser() -> argparse.ArgumentParser:
         "runs",
         nargs="+",
         metavar="RUN_DIR",
-        help="deps train run directories or deps eval outputs (their report.json); the first is the reference",
+        help="deps train run directories or deps eval outputs (their report.json); the first is the reference; runs "
+        "whose configs differ only in run.seed are also summarized as one experiment (mean ± sd, permutation test)",
     )
     p.add_argument("--out", default="compare.png", help="the PNG of the fronts (default: compare.png)")
     p.add_argument("--json", help="also write the figures, the buckets and the notes as JSON to this file")

@@ -10,12 +10,20 @@ its load) and training MACs (every term's forward and backward on every image, t
 device changes). The first run given is the reference of the ratios. Mean pareto accuracy is an area over the
 supernet's MAC range (:func:`deps_core.evaluate.mean_pareto_accuracy`), so it compares runs of one space; where the
 ranges, the evaluation data or the devices differ, :func:`compare_notes` says so rather than hiding it in a ratio.
+
+Runs that differ only in their seed (and in how they were logged and where they were written) are repeats of one
+experiment: :func:`group_runs` gathers them, and :func:`group_summary` gives each group's mean and spread and its
+difference to the first group with an exact permutation test, so that a difference between methods can be read
+against the spread between seeds (a single seed of a short run can differ from the next by more than two methods do).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import os
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +43,13 @@ __all__ = [
     "compare_notes",
     "plot_fronts",
     "si_count",
+    "REPEAT_FIELDS",
+    "group_runs",
+    "group_summary",
+    "group_rows",
+    "group_bucket_rows",
+    "permutation_p",
+    "group_notes",
 ]
 
 # the data fields that decide what a final evaluation measured (the val split, its size and resolution, the classes)
@@ -271,8 +286,12 @@ def compare_notes(runs: dict[str, RunReport]) -> list[str]:
     return notes
 
 
-def plot_fronts(runs: dict[str, RunReport], path: str | os.PathLike) -> None:
-    """The runs' bucket-best subnets, accuracy against MACs, overlaid, as a PNG at ``path``."""
+def plot_fronts(
+    runs: dict[str, RunReport], path: str | os.PathLike, groups: dict[str, list[str]] | None = None
+) -> None:
+    """The runs' bucket-best subnets, accuracy against MACs, overlaid, as a PNG at ``path``. With ``groups``
+    (:func:`group_runs`) where a group holds several runs, each group has one colour and one legend entry (its name
+    and run count)."""
 
     def label(name: str, r: RunReport) -> str:
         about = [r.method] if r.method not in (name, "-") else []
@@ -281,4 +300,224 @@ def plot_fronts(runs: dict[str, RunReport], path: str | os.PathLike) -> None:
         return f"{name} ({', '.join(about)})" if about else name
 
     spaces = sorted({r.space for r in runs.values() if r.space})
-    plot_pareto({label(n, r): r.bucket_results() for n, r in runs.items()}, path, title=", ".join(spaces))
+    styles: dict[str, dict[str, Any]] = {}
+    if groups and any(len(m) > 1 for m in groups.values()):
+        for i, (group, members) in enumerate(groups.items()):
+            for j, m in enumerate(members):
+                styles[label(m, runs[m])] = {
+                    "color": f"C{i % 10}",
+                    "alpha": 0.75,
+                    "markersize": 4,
+                    "label": f"{group} ({len(members)} runs)" if j == 0 else "_" + m,
+                }
+    fronts = {label(n, r): r.bucket_results() for n, r in runs.items()}
+    plot_pareto(fronts, path, title=", ".join(spaces), styles=styles)
+
+
+# run fields that change neither what is trained nor what is measured: runs whose configs differ only in these are
+# repeats of one experiment (the seed is the one that matters)
+REPEAT_FIELDS = ("seed", "out_dir", "progress", "tensorboard", "wandb", "log_every", "checkpoint_every")
+
+
+def _experiment(config: dict[str, Any]) -> dict[str, Any]:
+    return {s: {k: v for k, v in f.items() if s != "run" or k not in REPEAT_FIELDS} for s, f in config.items()}
+
+
+def _flat(config: dict[str, Any]) -> dict[str, str]:
+    return {f"{s}.{k}": json.dumps(v, sort_keys=True) for s, f in config.items() for k, v in f.items()}
+
+
+def group_runs(runs: dict[str, RunReport]) -> dict[str, list[str]]:
+    """The runs by experiment, in the order of their first run: ``{group name: [run names]}``. Runs whose configs
+    agree but for :data:`REPEAT_FIELDS` (the seed) form one group; a run without a config is a group of its own.
+    A group is named by its method, and where two groups share a method, by the config fields in which the groups
+    differ too (``bignas method.epochs=6``); where that does not tell them apart, by its first run's name."""
+    keyed: dict[str, list[str]] = {}
+    configs: dict[str, dict[str, Any] | None] = {}
+    for name, r in runs.items():
+        key = json.dumps(_experiment(r.config), sort_keys=True) if r.config else f"run:{name}"
+        keyed.setdefault(key, []).append(name)
+        configs.setdefault(key, _experiment(r.config) if r.config else None)
+    flats = {key: _flat(c) for key, c in configs.items() if c is not None}
+    fields = sorted({f for flat in flats.values() for f in flat})
+    varying = [f for f in fields if len({flat.get(f) for flat in flats.values()}) > 1 and f != "method.name"]
+    labels = {}
+    for key, members in keyed.items():
+        method = runs[members[0]].method
+        same_method = [k for k in keyed if runs[keyed[k][0]].method == method]
+        if key not in flats or len(same_method) == 1:
+            labels[key] = method if key in flats else members[0]
+            continue
+        own = [f for f in varying if len({flats[k].get(f) for k in same_method if k in flats}) > 1]
+        labels[key] = " ".join([method] + [f"{f}={flats[key].get(f, '-')}" for f in own])
+    if len(set(labels.values())) < len(labels):
+        labels = {key: members[0] for key, members in keyed.items()}
+    return {labels[key]: members for key, members in keyed.items()}
+
+
+def permutation_p(a: Sequence[float], b: Sequence[float], max_splits: int = 200_000) -> float | None:
+    """Two-sided exact permutation test of a difference in means: the fraction of the ways to split ``a + b`` into
+    groups of their sizes whose difference in means is at least the observed one (in size). ``None`` when either
+    group has fewer than 2 values or there are more than ``max_splits`` splits. With 4 and 4 values the smallest
+    possible p is 2/70 ≈ 0.029."""
+    if len(a) < 2 or len(b) < 2 or math.comb(len(a) + len(b), len(a)) > max_splits:
+        return None
+    values, n, total = list(a) + list(b), len(a), sum(a) + sum(b)
+    observed = abs(sum(a) / n - sum(b) / len(b))
+    tol = 1e-12 * max(1.0, max(abs(v) for v in values))
+    hits = splits = 0
+    for chosen in itertools.combinations(range(len(values)), n):
+        s = sum(values[i] for i in chosen)
+        hits += abs(s / n - (total - s) / len(b)) >= observed - tol
+        splits += 1
+    return hits / splits
+
+
+def _stats(values: list[float]) -> dict[str, float | None]:
+    return {
+        "mean": statistics.fmean(values),
+        "sd": statistics.stdev(values) if len(values) > 1 else None,
+        "min": min(values),
+        "max": max(values),
+    }
+
+
+def _mean(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.fmean(known) if len(known) == len(values) and known else None
+
+
+def group_summary(runs: dict[str, RunReport], groups: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
+    """Per group of :func:`group_runs` (or the given ``{name: [run names]}``): its runs and seeds, the mean pareto
+    accuracy's mean, sample standard deviation (``None`` for one run), minimum and maximum, the difference of its mean
+    to the first group's with the standard error of that difference (Welch's, ``None`` unless both groups have two
+    runs or more) and :func:`permutation_p`; the means of the training MACs, device-hours, epochs and the largest and
+    smallest subnet's top-1, and the ratios of the cost means to the first group's (``None`` where a report does not
+    say)."""
+    groups = group_runs(runs) if groups is None else groups
+    summaries = {s["run"]: s for s in compare_summary(runs)}
+    out = []
+    first: dict[str, Any] | None = None
+    for name, members in groups.items():
+        rows = [summaries[m] for m in members]
+        mpa = [s["mean_pareto_accuracy"] for s in rows]
+        g: dict[str, Any] = {
+            "group": name,
+            "runs": list(members),
+            "seeds": [(runs[m].config or {}).get("run", {}).get("seed") for m in members],
+            "method": runs[members[0]].method,
+            "epochs": _mean([s["epochs"] for s in rows]),
+            "train_macs": _mean([s["train_macs"] for s in rows]),
+            "device_hours": _mean([s["device_hours"] for s in rows]),
+            "mean_pareto_accuracy": _stats(mpa),
+            "largest_top1": _mean([s["largest_top1"] for s in rows]),
+            "smallest_top1": _mean([s["smallest_top1"] for s in rows]),
+        }
+        if first is None:
+            first, ref = g, mpa
+        g["macs_ratio"] = _ratio(g["train_macs"], first["train_macs"])
+        g["hours_ratio"] = _ratio(g["device_hours"], first["device_hours"])
+        g["delta"] = g["mean_pareto_accuracy"]["mean"] - first["mean_pareto_accuracy"]["mean"]
+        both = len(mpa) > 1 and len(ref) > 1 and g is not first
+        g["delta_se"] = (
+            math.sqrt(statistics.variance(mpa) / len(mpa) + statistics.variance(ref) / len(ref)) if both else None
+        )
+        g["p_permutation"] = permutation_p(mpa, ref) if g is not first else None
+        out.append(g)
+    return out
+
+
+GROUP_HEADER = [
+    "group",
+    "runs",
+    "seeds",
+    "epochs",
+    "train MACs",
+    "× MACs",
+    "device-hours",
+    "× hours",
+    "mean pareto %",
+    "min-max %",
+    "Δ pp",
+    "p",
+    "largest %",
+    "smallest %",
+]
+
+
+def group_rows(summary: list[dict[str, Any]]) -> list[list[str]]:
+    """:func:`group_summary` as table rows under :data:`GROUP_HEADER`: mean pareto accuracy as mean ± sd, its
+    difference to the first group as Δ ± its standard error, ``p`` the permutation test's."""
+
+    def num(v: float | None, fmt: str, unit: str = "") -> str:
+        return "-" if v is None else format(v, fmt) + unit
+
+    rows = []
+    for i, g in enumerate(summary):
+        m = g["mean_pareto_accuracy"]
+        spread = "" if m["sd"] is None else f" ± {100 * m['sd']:.2f}"
+        delta = (
+            ""
+            if i == 0
+            else f"{100 * g['delta']:+.2f}" + ("" if g["delta_se"] is None else f" ± {100 * g['delta_se']:.2f}")
+        )
+        rows.append(
+            [
+                g["group"],
+                str(len(g["runs"])),
+                ",".join("-" if s is None else str(s) for s in g["seeds"]),
+                num(g["epochs"], ".3g"),
+                si_count(g["train_macs"]),
+                num(g["macs_ratio"], ".2f", "×"),
+                num(g["device_hours"], ".4g"),
+                num(g["hours_ratio"], ".2f", "×"),
+                f"{100 * m['mean']:.2f}{spread}",
+                f"{100 * m['min']:.2f}-{100 * m['max']:.2f}",
+                delta or "-",
+                num(g["p_permutation"], ".3f"),
+                _pct(g["largest_top1"]),
+                _pct(g["smallest_top1"]),
+            ]
+        )
+    return rows
+
+
+def group_bucket_rows(
+    runs: dict[str, RunReport], groups: dict[str, list[str]]
+) -> tuple[list[str], list[list[str]]] | None:
+    """``(header, rows)``: per group, the mean over its runs of the best top-1 in each MAC bucket (over the runs that
+    have a subnet there, their count in brackets where that is not all of them); ``None`` when the runs' buckets
+    differ (see :func:`bucket_summary`)."""
+    summary = bucket_summary(runs)
+    if summary is None:
+        return None
+    header = ["group"] + [f"{lo / 1e6:.4g}-{hi / 1e6:.4g}" for lo, hi in summary["ranges"]]
+    rows = []
+    for name, members in groups.items():
+        cells = []
+        for i in range(len(summary["ranges"])):
+            known = [summary["top1"][m][i] for m in members if summary["top1"][m][i] is not None]
+            cell = _pct(statistics.fmean(known)) if known else "-"
+            cells.append(cell if len(known) in (0, len(members)) else f"{cell} ({len(known)})")
+        rows.append([name] + cells)
+    return header, rows
+
+
+def group_notes(summary: list[dict[str, Any]]) -> list[str]:
+    """What limits the reading of :func:`group_summary`, one line each: a group of one run beside groups of several
+    (its spread is unknown), a seed repeated within a group."""
+    notes = []
+    if any(len(g["runs"]) > 1 for g in summary):
+        for g in summary:
+            if len(g["runs"]) == 1:
+                notes.append(
+                    f"{g['group']} has one run: how far its mean pareto accuracy moves with the seed is unknown"
+                )
+    for g in summary:
+        repeated = sorted({s for s in g["seeds"] if s is not None and g["seeds"].count(s) > 1})
+        if repeated:
+            notes.append(
+                f"{g['group']} repeats run.seed {', '.join(map(str, repeated))}: such runs differ only where the "
+                "device, the thread count or the library versions change the order of floating-point sums"
+            )
+    return notes

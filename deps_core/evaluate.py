@@ -301,8 +301,16 @@ def mean_pareto_accuracy(points: Sequence[tuple[float, float]], macs_min: float,
     return area
 
 
-def plot_pareto(runs: dict[str, Sequence[dict[str, Any]]], path: str | os.PathLike, *, title: str = "") -> None:
-    """Accuracy vs MACs of each run's bucket-best subnets (``pareto_buckets`` output), overlaid, as a PNG."""
+def plot_pareto(
+    runs: dict[str, Sequence[dict[str, Any]]],
+    path: str | os.PathLike,
+    *,
+    title: str = "",
+    styles: dict[str, dict[str, Any]] | None = None,
+) -> None:
+    """Accuracy vs MACs of each run's bucket-best subnets (``pareto_buckets`` output), overlaid, as a PNG.
+    ``styles``: per run, matplotlib line settings that replace the defaults (``color``, ``alpha``, ``label``; a label
+    starting with ``_`` keeps the run out of the legend)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -311,7 +319,8 @@ def plot_pareto(runs: dict[str, Sequence[dict[str, Any]]], path: str | os.PathLi
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for name, buckets in runs.items():
         pts = sorted((b["best"].macs / 1e6, 100 * b["best"].top1) for b in buckets)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+        style = {"marker": "o", "label": name} | (styles or {}).get(name, {})
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], **style)
     ax.set_xlabel("MMACs")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.grid(alpha=0.3)
