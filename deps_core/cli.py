@@ -719,15 +719,20 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 
 def _cmd_curves(args: argparse.Namespace) -> int:
-    """The full model's curves of several runs on one plot, and a table of where each ended."""
-    from deps_core.compare import run_names
-    from deps_core.curves import plot_runs, read_run_epochs
+    """The full model's curves of several runs on one plot, and a table of where each ended (and, where runs differ
+    only in their seed, of where each experiment ended on average)."""
+    import statistics
 
-    runs = {name: read_run_epochs(r) for name, r in zip(run_names(args.runs), args.runs)}
+    from deps_core.compare import group_configs, group_styles, run_names
+    from deps_core.curves import plot_runs, read_run_config, read_run_epochs
+
+    names = run_names(args.runs)
+    runs = {name: read_run_epochs(r) for name, r in zip(names, args.runs)}
     out = Path(args.out)
     if out.is_dir():
         raise ValueError(f"--out {out} is a directory; give the PNG's path")
-    series = plot_runs(runs, out, x=args.x)
+    groups = group_configs({name: read_run_config(r) for name, r in zip(names, args.runs)})
+    series = plot_runs(runs, out, x=args.x, styles=group_styles(groups))
 
     def pct(v):
         return "-" if v is None else f"{v:.2f}"
@@ -737,6 +742,19 @@ def _cmd_curves(args: argparse.Namespace) -> int:
         for name, s in series.items()
     ]
     print(_table(rows, ["run", "epochs", "device-hours", "final top-1 %", "best top-1 %"]))
+    if any(len(members) > 1 for members in groups.values()):
+
+        def spread(key: str, members: list[str]) -> str:
+            values = [series[m][key] for m in members]
+            if any(v is None for v in values):
+                return "-"
+            sd = f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else ""
+            return f"{statistics.fmean(values):.2f}{sd}"
+
+        print()
+        print("repeats of one experiment (configs equal but for the seed): mean ± sd over its runs")
+        rows = [[g, str(len(m)), spread("final_val_top1", m), spread("best_val_top1", m)] for g, m in groups.items()]
+        print(_table(rows, ["group", "runs", "final top-1 %", "best top-1 %"]))
     print(f"wrote {out}")
     return 0
 

@@ -45,10 +45,12 @@ __all__ = [
     "si_count",
     "REPEAT_FIELDS",
     "group_runs",
+    "group_configs",
     "group_summary",
     "group_rows",
     "group_bucket_rows",
     "permutation_p",
+    "group_styles",
     "group_notes",
 ]
 
@@ -300,18 +302,23 @@ def plot_fronts(
         return f"{name} ({', '.join(about)})" if about else name
 
     spaces = sorted({r.space for r in runs.values() if r.space})
-    styles: dict[str, dict[str, Any]] = {}
-    if groups and any(len(m) > 1 for m in groups.values()):
-        for i, (group, members) in enumerate(groups.items()):
-            for j, m in enumerate(members):
-                styles[label(m, runs[m])] = {
-                    "color": f"C{i % 10}",
-                    "alpha": 0.75,
-                    "markersize": 4,
-                    "label": f"{group} ({len(members)} runs)" if j == 0 else "_" + m,
-                }
-    fronts = {label(n, r): r.bucket_results() for n, r in runs.items()}
+    labels = {n: label(n, r) for n, r in runs.items()}
+    styles = group_styles({g: [labels[m] for m in members] for g, members in (groups or {}).items()})
+    fronts = {labels[n]: r.bucket_results() for n, r in runs.items()}
     plot_pareto(fronts, path, title=", ".join(spaces), styles=styles)
+
+
+def group_styles(groups: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
+    """Per plotted line (the names in ``groups``' lists), matplotlib settings that draw each group in one colour with
+    one legend entry (its name and run count); none when no group holds several runs (each line keeps its own)."""
+    if not any(len(m) > 1 for m in groups.values()):
+        return {}
+    styles = {}
+    for i, (group, members) in enumerate(groups.items()):
+        for j, m in enumerate(members):
+            runs = f"{len(members)} run{'s' if len(members) > 1 else ''}"
+            styles[m] = {"color": f"C{i % 10}", "alpha": 0.75, "label": f"{group} ({runs})" if j == 0 else "_" + m}
+    return styles
 
 
 # run fields that change neither what is trained nor what is measured: runs whose configs differ only in these are
@@ -328,28 +335,35 @@ def _flat(config: dict[str, Any]) -> dict[str, str]:
 
 
 def group_runs(runs: dict[str, RunReport]) -> dict[str, list[str]]:
-    """The runs by experiment, in the order of their first run: ``{group name: [run names]}``. Runs whose configs
-    agree but for :data:`REPEAT_FIELDS` (the seed) form one group; a run without a config is a group of its own.
-    A group is named by its method, and where two groups share a method, by the config fields in which the groups
-    differ too (``bignas method.epochs=6``); where that does not tell them apart, by its first run's name."""
+    """The runs by experiment, in the order of their first run: ``{group name: [run names]}``
+    (:func:`group_configs` of the runs' configs)."""
+    return group_configs({name: r.config for name, r in runs.items()})
+
+
+def group_configs(configs: dict[str, dict[str, Any] | None]) -> dict[str, list[str]]:
+    """Runs (``{run name: its config as a dict, or None}``) by experiment, in the order of their first run:
+    ``{group name: [run names]}``. Runs whose configs agree but for :data:`REPEAT_FIELDS` (the seed) form one group;
+    a run without a config is a group of its own. A group is named by its method, and where two groups share a
+    method, by the config fields in which the groups differ too (``bignas method.epochs=6``); where that does not tell
+    them apart, by its first run's name."""
     keyed: dict[str, list[str]] = {}
-    configs: dict[str, dict[str, Any] | None] = {}
-    for name, r in runs.items():
-        key = json.dumps(_experiment(r.config), sort_keys=True) if r.config else f"run:{name}"
+    experiments: dict[str, dict[str, Any] | None] = {}
+    for name, config in configs.items():
+        key = json.dumps(_experiment(config), sort_keys=True) if config else f"run:{name}"
         keyed.setdefault(key, []).append(name)
-        configs.setdefault(key, _experiment(r.config) if r.config else None)
-    flats = {key: _flat(c) for key, c in configs.items() if c is not None}
+        experiments.setdefault(key, _experiment(config) if config else None)
+    flats = {key: _flat(c) for key, c in experiments.items() if c is not None}
     fields = sorted({f for flat in flats.values() for f in flat})
     varying = [f for f in fields if len({flat.get(f) for flat in flats.values()}) > 1 and f != "method.name"]
+    method = {key: c["method"]["name"] if c else "-" for key, c in experiments.items()}
     labels = {}
     for key, members in keyed.items():
-        method = runs[members[0]].method
-        same_method = [k for k in keyed if runs[keyed[k][0]].method == method]
+        same_method = [k for k in keyed if method[k] == method[key]]
         if key not in flats or len(same_method) == 1:
-            labels[key] = method if key in flats else members[0]
+            labels[key] = method[key] if key in flats else members[0]
             continue
         own = [f for f in varying if len({flats[k].get(f) for k in same_method if k in flats}) > 1]
-        labels[key] = " ".join([method] + [f"{f}={flats[key].get(f, '-')}" for f in own])
+        labels[key] = " ".join([method[key]] + [f"{f}={flats[key].get(f, '-')}" for f in own])
     if len(set(labels.values())) < len(labels):
         labels = {key: members[0] for key, members in keyed.items()}
     return {labels[key]: members for key, members in keyed.items()}

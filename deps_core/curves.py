@@ -16,7 +16,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["training_series", "plot_training", "read_jsonl", "read_run_epochs", "compare_series", "plot_runs"]
+__all__ = [
+    "training_series",
+    "plot_training",
+    "read_jsonl",
+    "read_run_epochs",
+    "read_run_config",
+    "compare_series",
+    "plot_runs",
+]
 
 _PHASE_COLOURS = ("#dbe9f6", "#fde8d0", "#e2f2dc", "#efe1f3", "#f7f3cf")
 
@@ -148,6 +156,17 @@ def read_run_epochs(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     return records
 
 
+def read_run_config(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The config the run in ``run_dir`` was started with (its ``config.json``, as a dict), or ``None`` when it has
+    no readable one (then it is compared as a run of its own)."""
+    path = Path(run_dir) / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return config if isinstance(config, dict) and isinstance(config.get("method"), dict) else None
+
+
 def compare_series(runs: dict[str, Sequence[dict[str, Any]]], x: str = "epoch") -> dict[str, dict[str, Any]]:
     """Per run: ``"x"`` (epochs done, or the device-hours spent by the end of each epoch), ``"val_top1"`` and
     ``"train_loss"`` of the full model (``None`` where an epoch has none), and a summary row (``"epochs"``,
@@ -173,16 +192,24 @@ def compare_series(runs: dict[str, Sequence[dict[str, Any]]], x: str = "epoch") 
 
 
 def plot_runs(
-    runs: dict[str, Sequence[dict[str, Any]]], path: str | os.PathLike, *, x: str = "epoch", title: str = ""
+    runs: dict[str, Sequence[dict[str, Any]]],
+    path: str | os.PathLike,
+    *,
+    x: str = "epoch",
+    title: str = "",
+    styles: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """The full model's validation top-1 and training loss of each run (``epochs.jsonl`` records), overlaid against
-    ``x`` (``"epoch"`` or ``"device-hours"``), as a PNG at ``path``; returns :func:`compare_series`."""
+    ``x`` (``"epoch"`` or ``"device-hours"``), as a PNG at ``path``; returns :func:`compare_series`. ``styles``: per
+    run, matplotlib line settings that replace the defaults (:func:`deps_core.compare.group_styles`: one colour and
+    one legend entry per group of repeats)."""
     series = compare_series(runs, x)
     fig, (acc, loss) = _figure(2, height=6)
     for name, s in series.items():
+        style = {"marker": "o", "ms": 3, "label": name} | (styles or {}).get(name, {})
         for ax, key in ((acc, "val_top1"), (loss, "train_loss")):
             pts = [(a, b) for a, b in zip(s["x"], s[key]) if b is not None]
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=name)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], **style)
     acc.set_ylabel("full model, validation top-1 (%)")
     loss.set_ylabel("full model, training loss")
     loss.set_xlabel(x)

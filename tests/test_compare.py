@@ -165,3 +165,37 @@ def test_deps_compare_prints_each_experiments_mean_and_spread(tmp_path, capsys):
     # no repeats: no group table (the per-run table says it all)
     assert main(["compare", str(paths[0]), str(paths[3]), "--out", str(png)]) == 0
     assert "repeats of one experiment" not in capsys.readouterr().out
+
+
+def test_deps_curves_summarizes_repeats_by_experiment(tmp_path, capsys):
+    from deps_core.cli import main
+
+    finals = {"deps-s0": [40.0, 60.0], "deps-s1": [50.0, 70.0], "bignas-s0": [30.0, 55.0], "alone": [20.0, 25.0]}
+    paths = []
+    for name, tops in finals.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        overrides = [f"run.seed={name[-1]}"] + (["method.name=bignas"] if name.startswith("bignas") else [])
+        if name != "alone":  # no config.json: a run of its own
+            (folder / "config.json").write_text(json.dumps(apply_overrides(ExperimentConfig(), overrides).to_dict()))
+        epochs = [
+            {"epoch": e, "val_top1/full": t / 100, "train_loss/full": 2.0 - e, "cost": {"device_hours": 0.01 * (e + 1)}}
+            for e, t in enumerate(tops)
+        ]
+        (folder / "epochs.jsonl").write_text("".join(json.dumps(e) + "\n" for e in epochs))
+        paths.append(str(folder))
+    png = tmp_path / "curves.png"
+    assert main(["curves", *paths, "--out", str(png)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    at = lines.index("repeats of one experiment (configs equal but for the seed): mean ± sd over its runs")
+    rows = [line.split("  ") for line in lines[at + 3 : at + 6]]
+    rows = [[c.strip() for c in r if c.strip()] for r in rows]
+    sd = statistics.stdev([60.0, 70.0])
+    assert rows == [
+        ["deps", "2", f"65.00 ± {sd:.2f}", f"65.00 ± {sd:.2f}"],
+        ["bignas", "1", "55.00", "55.00"],
+        ["alone", "1", "25.00", "25.00"],
+    ]
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert main(["curves", paths[0], paths[2], "--out", str(png)]) == 0  # no repeats: the per-run table alone
+    assert "repeats of one experiment" not in capsys.readouterr().out
