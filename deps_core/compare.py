@@ -363,7 +363,10 @@ def group_configs(configs: dict[str, dict[str, Any] | None]) -> dict[str, list[s
             labels[key] = method[key] if key in flats else members[0]
             continue
         own = [f for f in varying if len({flats[k].get(f) for k in same_method if k in flats}) > 1]
-        labels[key] = " ".join([method[key]] + [f"{f}={flats[key].get(f, '-')}" for f in own])
+        shown = {f: json.loads(flats[key][f]) if f in flats[key] else "-" for f in own}  # strings unquoted
+        labels[key] = " ".join(
+            [method[key]] + [f"{f}={v if isinstance(v, str) else json.dumps(v)}" for f, v in shown.items()]
+        )
     if len(set(labels.values())) < len(labels):
         labels = {key: members[0] for key, members in keyed.items()}
     return {labels[key]: members for key, members in keyed.items()}

@@ -85,22 +85,28 @@ def test_runs_that_differ_only_in_the_seed_are_one_experiment(tmp_path):
         ("bignas6-s0", ["method.name=bignas", "method.epochs=6", "run.seed=0"], 0.44),
         ("deps-s2", ["run.seed=2", "run.out_dir=elsewhere"], 0.49),
         ("deps-wide", ["run.seed=3", "optim.lr=0.01"], 0.40),
+        ("deps-adamw", ["run.seed=0", "optim.name=adamw"], 0.61),
     ]:
         runs[name] = read_run_report(_write_run(tmp_path / name, *overrides, mpa=mpa, bucket_top1=b))
     groups = group_runs(runs)
     assert ExperimentConfig().optim.lr == 0.1625 and ExperimentConfig().method.epochs == 20
     # two groups per method here: each named by its method and the fields its groups differ in
     assert groups == {
-        "deps optim.lr=0.1625": ["deps-s0", "deps-s1", "deps-s2"],
+        "deps optim.lr=0.1625 optim.name=sgd": ["deps-s0", "deps-s1", "deps-s2"],
         "bignas method.epochs=20": ["bignas-s0", "bignas-s1"],
         "bignas method.epochs=6": ["bignas6-s0"],
-        "deps optim.lr=0.01": ["deps-wide"],
+        "deps optim.lr=0.01 optim.name=sgd": ["deps-wide"],
+        "deps optim.lr=0.1625 optim.name=adamw": ["deps-adamw"],  # a string's value unquoted
     }
+    assert list(group_runs({n: runs[n] for n in ("deps-s0", "deps-adamw")})) == [
+        "deps optim.name=sgd",
+        "deps optim.name=adamw",
+    ]
     only = group_runs({n: runs[n] for n in ("deps-s0", "bignas-s0", "deps-s1")})
     assert only == {"deps": ["deps-s0", "deps-s1"], "bignas": ["bignas-s0"]}  # one group per method: named by it
 
     summary = group_summary(runs, groups)
-    deps, bignas, bignas6, wide = summary
+    deps, bignas, bignas6, wide, _ = summary
     assert deps["seeds"] == [0, 1, 2] and deps["method"] == "deps" and deps["epochs"] == 8
     m = deps["mean_pareto_accuracy"]
     assert m["mean"] == pytest.approx((0.63 + 0.71 + 0.49) / 3) and m["min"] == 0.49 and m["max"] == 0.71
