@@ -187,22 +187,22 @@ def compare_summary(runs: dict[str, RunReport]) -> list[dict[str, Any]]:
     return out
 
 
+def _num(v: float | None, fmt: str, unit: str = "") -> str:
+    return "-" if v is None else format(v, fmt) + unit
+
+
 def compare_rows(runs: dict[str, RunReport]) -> list[list[str]]:
     """:func:`compare_summary` as table rows under :data:`COMPARE_HEADER`."""
-
-    def num(v: float | None, fmt: str, unit: str = "") -> str:
-        return "-" if v is None else format(v, fmt) + unit
-
     return [
         [
             s["run"],
             s["method"],
-            num(s["epochs"], "d"),
-            num(s["minutes_per_epoch"], ".3g"),
-            num(s["device_hours"], ".4g"),
-            num(s["hours_ratio"], ".2f", "×"),
+            _num(s["epochs"], "d"),
+            _num(s["minutes_per_epoch"], ".3g"),
+            _num(s["device_hours"], ".4g"),
+            _num(s["hours_ratio"], ".2f", "×"),
             si_count(s["train_macs"]),
-            num(s["macs_ratio"], ".2f", "×"),
+            _num(s["macs_ratio"], ".2f", "×"),
             _pct(s["mean_pareto_accuracy"]),
             f"{100 * s['mean_pareto_delta']:+.2f}",
             _pct(s["largest_top1"]),
@@ -349,12 +349,12 @@ def group_configs(configs: dict[str, dict[str, Any] | None]) -> dict[str, list[s
     keyed: dict[str, list[str]] = {}
     experiments: dict[str, dict[str, Any] | None] = {}
     for name, config in configs.items():
-        key = json.dumps(_experiment(config), sort_keys=True) if config else f"run:{name}"
+        experiment = _experiment(config) if config else None
+        key = json.dumps(experiment, sort_keys=True) if experiment else f"run:{name}"
         keyed.setdefault(key, []).append(name)
-        experiments.setdefault(key, _experiment(config) if config else None)
+        experiments.setdefault(key, experiment)
     flats = {key: _flat(c) for key, c in experiments.items() if c is not None}
-    fields = sorted({f for flat in flats.values() for f in flat})
-    varying = [f for f in fields if len({flat.get(f) for flat in flats.values()}) > 1 and f != "method.name"]
+    fields = sorted({f for flat in flats.values() for f in flat} - {"method.name"})
     method = {key: c["method"]["name"] if c else "-" for key, c in experiments.items()}
     labels = {}
     for key, members in keyed.items():
@@ -362,7 +362,7 @@ def group_configs(configs: dict[str, dict[str, Any] | None]) -> dict[str, list[s
         if key not in flats or len(same_method) == 1:
             labels[key] = method[key] if key in flats else members[0]
             continue
-        own = [f for f in varying if len({flats[k].get(f) for k in same_method if k in flats}) > 1]
+        own = [f for f in fields if len({flats[k].get(f) for k in same_method if k in flats}) > 1]
         shown = {f: json.loads(flats[key][f]) if f in flats[key] else "-" for f in own}  # strings unquoted
         labels[key] = " ".join(
             [method[key]] + [f"{f}={v if isinstance(v, str) else json.dumps(v)}" for f, v in shown.items()]
@@ -382,12 +382,11 @@ def permutation_p(a: Sequence[float], b: Sequence[float], max_splits: int = 200_
     values, n, total = list(a) + list(b), len(a), sum(a) + sum(b)
     observed = abs(sum(a) / n - sum(b) / len(b))
     tol = 1e-12 * max(1.0, max(abs(v) for v in values))
-    hits = splits = 0
+    hits = 0
     for chosen in itertools.combinations(range(len(values)), n):
         s = sum(values[i] for i in chosen)
         hits += abs(s / n - (total - s) / len(b)) >= observed - tol
-        splits += 1
-    return hits / splits
+    return hits / math.comb(len(values), n)
 
 
 def _stats(values: list[float]) -> dict[str, float | None]:
@@ -465,10 +464,6 @@ GROUP_HEADER = [
 def group_rows(summary: list[dict[str, Any]]) -> list[list[str]]:
     """:func:`group_summary` as table rows under :data:`GROUP_HEADER`: mean pareto accuracy as mean ± sd, its
     difference to the first group as Δ ± its standard error, ``p`` the permutation test's."""
-
-    def num(v: float | None, fmt: str, unit: str = "") -> str:
-        return "-" if v is None else format(v, fmt) + unit
-
     rows = []
     for i, g in enumerate(summary):
         m = g["mean_pareto_accuracy"]
@@ -483,15 +478,15 @@ def group_rows(summary: list[dict[str, Any]]) -> list[list[str]]:
                 g["group"],
                 str(len(g["runs"])),
                 ",".join("-" if s is None else str(s) for s in g["seeds"]),
-                num(g["epochs"], ".3g"),
+                _num(g["epochs"], ".3g"),
                 si_count(g["train_macs"]),
-                num(g["macs_ratio"], ".2f", "×"),
-                num(g["device_hours"], ".4g"),
-                num(g["hours_ratio"], ".2f", "×"),
+                _num(g["macs_ratio"], ".2f", "×"),
+                _num(g["device_hours"], ".4g"),
+                _num(g["hours_ratio"], ".2f", "×"),
                 f"{100 * m['mean']:.2f}{spread}",
                 f"{100 * m['min']:.2f}-{100 * m['max']:.2f}",
                 delta or "-",
-                num(g["p_permutation"], ".3f"),
+                _num(g["p_permutation"], ".3f"),
                 _pct(g["largest_top1"]),
                 _pct(g["smallest_top1"]),
             ]
