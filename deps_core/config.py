@@ -37,6 +37,8 @@ __all__ = [
     "EVAL_SAMPLERS",
     "OPTIMIZERS",
     "OPTIM_FIELDS",
+    "LR_SCHEDULES",
+    "SCHEDULE_FIELDS",
 ]
 
 METHODS = ("deps", "ofa", "bignas", "compofa")
@@ -48,9 +50,13 @@ METHOD_FIELDS = {
     "ofa": ("phases", "phase_warmup_epochs", "grad_clip_value"),
     "compofa": ("phases", "phase_warmup_epochs", "k", "compound_fixed_kernels", "grad_clip_value"),
 }  # fmt: skip
-OPTIMIZERS = ("sgd", "adamw")
-# the optim.* fields only one optimizer reads (deps_core.trainer's _optimizer); every other optim field applies to both
-OPTIM_FIELDS = {"sgd": ("momentum", "nesterov"), "adamw": ("betas",)}
+OPTIMIZERS = ("sgd", "adamw", "rmsprop")
+# the optim.* fields that some optimizers read and others not (deps_core.trainer's _optimizer); the other optim fields
+# apply to all
+OPTIM_FIELDS = {"sgd": ("momentum", "nesterov"), "adamw": ("betas",), "rmsprop": ("momentum", "rms_decay", "rms_eps")}
+LR_SCHEDULES = ("cosine", "exponential")
+# the optim.* fields only one learning-rate schedule reads (deps_core.schedules.lr_schedule)
+SCHEDULE_FIELDS = {"cosine": ("final_lr",), "exponential": ("lr_decay", "lr_decay_epochs", "lr_floor")}
 DATA_SOURCES = ("synthetic", "beton", "imagefolder")
 EVAL_SAMPLERS = ("buckets", "uniform")  # deps_core.evaluate.eval_archs
 
@@ -76,6 +82,21 @@ def _at_least(lo, *, optional: bool = False):
 def _fraction(_inst, attribute, value):
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
         raise ValueError(f"{attribute.name} must lie in [0, 1]; got {value!r}")
+
+
+def _interval(lo: float, hi: float = math.inf, *, open_lo: bool = False, open_hi: bool = False):
+    """A validator for a finite number in the interval from ``lo`` to ``hi`` (open at either end as asked)."""
+    if hi == math.inf:
+        allowed = f"be a finite number {'>' if open_lo else '>='} {lo}"
+    else:
+        allowed = f"lie in {'(' if open_lo else '['}{lo}, {hi}{')' if open_hi else ']'}"
+
+    def check(_inst, attribute, value):
+        number = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+        if not number or value < lo or value > hi or (open_lo and value == lo) or (open_hi and value == hi):
+            raise ValueError(f"{attribute.name} must {allowed}; got {value!r}")
+
+    return check
 
 
 def _int_tuple_or_none(value):
@@ -178,14 +199,22 @@ class DataConfig:
 @attrs.frozen
 class OptimConfig:
     """The optimizer and its schedule; ``lr`` is the peak rate for ``lr_batch`` images, scaled linearly to the global
-    batch. ``name``: ``sgd`` (momentum, Nesterov: what OFA, BigNAS outside ImageNet and DεpS train with) or ``adamw``
-    (``torch.optim.AdamW`` with ``betas``; its decoupled weight decay is ``lr · weight_decay`` per step). Weight decay
-    skips parameters whose names contain any of ``no_decay`` (OFA's ``bn#bias``). Under AdamW DεpS's ε still sets the
+    batch. ``name``: ``sgd`` (momentum, Nesterov: what OFA, BigNAS outside ImageNet and DεpS train with), ``adamw``
+    (``torch.optim.AdamW`` with ``betas``; its decoupled weight decay is ``lr · weight_decay`` per step) or ``rmsprop``
+    (TensorFlow's form, :class:`deps_core.optim.RMSpropTF`, with ``momentum``, ``rms_decay`` and ``rms_eps`` under the
+    root: BigNAS's ImageNet optimizer, at its 0.9, 0.9 and 1e-3 by default). Weight decay skips parameters whose names
+    contain any of ``no_decay`` (OFA's ``bn#bias``).
+
+    ``schedule``: ``cosine`` (after ``warmup_epochs`` of linear warm-up from 0, cosine to ``final_lr``) or
+    ``exponential`` (after the warm-up, ``× lr_decay`` every ``lr_decay_epochs`` epochs, held at ``lr_floor`` of the
+    peak: BigNAS's "exponentially decaying with constant ending"; defaults are the DεpS code's BigNAS values, 0.973
+    every 2 epochs down to 5 %). Under AdamW DεpS's ε still sets the
     subnets' share of each weight the full model also uses, but a parameter only subnets reach (OFA's kernel transform
     matrices) takes about the same step whatever ε is (while ε · gradient stays well above AdamW's ``eps`` of 1e-8),
     since Adam normalises each coordinate's gradient by its own running size."""
 
     name: str = attrs.field(default="sgd", validator=_one_of(OPTIMIZERS))
+    schedule: str = attrs.field(default="cosine", validator=_one_of(LR_SCHEDULES))
     lr: float = attrs.field(default=0.1625, validator=_at_least(0.0))
     lr_batch: int = attrs.field(default=128, validator=_at_least(1))
     momentum: float = attrs.field(default=0.9, validator=_fraction)
@@ -194,11 +223,16 @@ class OptimConfig:
     no_decay: tuple[str, ...] = ("bn", "bias")
     warmup_epochs: int = attrs.field(default=0, validator=_at_least(0))
     final_lr: float = attrs.field(default=0.0, validator=_at_least(0.0))
+    lr_decay: float = attrs.field(default=0.973, validator=_interval(0.0, 1.0, open_lo=True))
+    lr_decay_epochs: float = attrs.field(default=2.0, validator=_interval(0.0, open_lo=True))
+    lr_floor: float = attrs.field(default=0.05, validator=_fraction)
     grad_clip_norm: float | None = attrs.field(default=None, validator=_at_least(0.0, optional=True))
     label_smoothing: float = attrs.field(default=0.1, validator=_fraction)
     kd_temperature: float = attrs.field(default=1.0, validator=_at_least(1e-3))
     kd_ratio: float = attrs.field(default=1.0, validator=_at_least(0.0))
     betas: tuple[float, ...] = attrs.field(default=(0.9, 0.999), converter=tuple)
+    rms_decay: float = attrs.field(default=0.9, validator=_interval(0.0, 1.0, open_hi=True))
+    rms_eps: float = attrs.field(default=1e-3, validator=_interval(0.0, open_lo=True))
 
     @betas.validator
     def _check_betas(self, attribute, value) -> None:
@@ -408,24 +442,30 @@ def apply_overrides(config: ExperimentConfig, items: list[str]) -> ExperimentCon
 
 def _refuse_unread(config: ExperimentConfig, fields: dict[tuple[str, str], str]) -> None:
     """``ValueError`` for the first of ``fields`` ((section, field): how the message names it) that ``config``'s
-    method (``method.*``) or optimizer (``optim.*``) does not read."""
-    method, optim = config.method.name, config.optim.name
+    method (``method.*``), optimizer or learning-rate schedule (``optim.*``) does not read."""
+    method, optim, schedule = config.method.name, config.optim.name, config.optim.schedule
     for (section, field), label in fields.items():
         if section == "method" and field != "name" and field not in METHOD_FIELDS[method]:
             raise ValueError(
                 f"{label} does not apply to method {method!r}, which reads "
                 + ", ".join(f"method.{f}" for f in METHOD_FIELDS[method])
             )
-        reader = next((o for o in OPTIMIZERS if field in OPTIM_FIELDS[o]), optim)  # the optimizer that reads it
-        if section == "optim" and reader != optim:
-            raise ValueError(f"{label} applies to optim.name={reader!r}, not to the chosen {optim!r}")
+        if section != "optim":
+            continue
+        for key, chosen, readers in (
+            ("name", optim, [o for o in OPTIMIZERS if field in OPTIM_FIELDS[o]]),
+            ("schedule", schedule, [s for s in LR_SCHEDULES if field in SCHEDULE_FIELDS[s]]),
+        ):
+            if readers and chosen not in readers:
+                which = " or ".join(f"optim.{key}={r!r}" for r in readers)
+                raise ValueError(f"{label} applies to {which}, not to the chosen {chosen!r}")
 
 
 def check_config_file_methods(config: ExperimentConfig, data: dict[str, Any], path: str | Path) -> None:
     """``ValueError`` when the config file ``data`` (what :func:`load_config_file` read from ``path``) sets a
-    ``method.*`` field that ``config``'s method does not read, or an ``optim.*`` field that its optimizer does not read,
-    to anything but its default. A ``--dry-run`` dump holds every field, at the defaults where they are not read, so it
-    loads back."""
+    ``method.*`` field that ``config``'s method does not read, or an ``optim.*`` field that its optimizer or schedule
+    does not read, to anything but its default. A ``--dry-run`` dump holds every field, at the defaults where they are
+    not read, so it loads back."""
     changed = {}
     for section, default in (("method", MethodConfig()), ("optim", OptimConfig())):
         values = getattr(config, section)

@@ -3,6 +3,9 @@
 - :class:`Progress`: where a run is (epoch, step within the epoch, steps per epoch).
 - :class:`CosineLR`: linear warm-up then cosine decay to a floor (OFA ``run_config.py`` ``cosine`` schedule with
   ``warmup_adjust_learning_rate``), evaluated per step.
+- :class:`ExponentialLR`: the same warm-up, then the rate times ``decay`` every ``decay_epochs`` (a staircase) until
+  it reaches ``floor`` of its peak, where it stays (BigNAS's "exponentially decaying with constant ending"; the DεpS
+  code's ``multistep_periodic_constant``: ``lr · gamma`` every N epochs, at least 5 % of the initial rate).
 - :func:`epsilon_paper` (DεpS eq. (4), Sec. 4.2: "We start with a small value of ε (=1e-4) and increment it by a
   constant amount to reach 1. Once ε reaches 1, it stays constant") and :func:`epsilon_lr_matched` (the official
   code's ``adjust_beta_value``: the subnets' effective learning rate ε_t·η_t rises linearly from 0 to the learning
@@ -15,7 +18,16 @@ import math
 
 import attrs
 
-__all__ = ["Progress", "CosineLR", "epsilon_paper", "epsilon_lr_matched", "EPSILON_FORMS"]
+__all__ = [
+    "Progress",
+    "CosineLR",
+    "ExponentialLR",
+    "ExpDecay",
+    "lr_schedule",
+    "epsilon_paper",
+    "epsilon_lr_matched",
+    "EPSILON_FORMS",
+]
 
 EPSILON_FORMS = ("paper", "lr_matched", "none")
 
@@ -77,8 +89,7 @@ class CosineLR:
     def __call__(self, progress: Progress) -> float:
         n = progress.steps_per_epoch
         if progress.epoch < self.warmup_epochs:
-            frac = (progress.global_step + 1) / (self.warmup_epochs * n)
-            return self.warmup_lr + frac * (self.base_lr - self.warmup_lr)
+            return _warmup(progress, self.warmup_epochs, self.warmup_lr, self.base_lr)
         t_cur = (progress.epoch - self.warmup_epochs) * n + progress.step
         t_total = (self.total_epochs - self.warmup_epochs) * n
         cos = 0.5 * (1.0 + math.cos(math.pi * min(t_cur, t_total) / t_total))
@@ -88,6 +99,68 @@ class CosineLR:
         """The rate at the first step of ``epoch`` (clamped to the run)."""
         epoch = min(max(epoch, 0), self.total_epochs - 1)
         return self(Progress(epoch, 0, steps_per_epoch))
+
+
+def _warmup(progress: Progress, warmup_epochs: int, warmup_lr: float, base_lr: float) -> float:
+    frac = (progress.global_step + 1) / (warmup_epochs * progress.steps_per_epoch)
+    return warmup_lr + frac * (base_lr - warmup_lr)
+
+
+def _unit_interval(_inst: object, attribute: attrs.Attribute, value: float) -> None:
+    if not 0 < value <= 1:
+        raise ValueError(f"{attribute.name} must lie in (0, 1]; got {value}")
+
+
+def _positive_number(_inst: object, attribute: attrs.Attribute, value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{attribute.name} must be > 0; got {value}")
+
+
+@attrs.frozen
+class ExpDecay:
+    """The shape of :class:`ExponentialLR` after its warm-up: ``× decay`` every ``decay_epochs`` epochs (fractional
+    allowed, e.g. EfficientNet's 0.97 every 2.4), never below ``floor`` times the peak rate."""
+
+    decay: float = attrs.field(validator=_unit_interval)
+    decay_epochs: float = attrs.field(validator=_positive_number)
+    floor: float = attrs.field(default=0.0, validator=[_non_negative, attrs.validators.le(1.0)])
+
+
+@attrs.frozen
+class ExponentialLR:
+    """Per-step learning rate: linear warm-up from ``warmup_lr`` over ``warmup_epochs`` (as :class:`CosineLR`), then
+    ``base_lr · decay^⌊t / decay_epochs⌋`` with ``t`` the (fractional) epochs since the warm-up, held at
+    ``floor · base_lr`` once it gets there. ``total_epochs`` only bounds the warm-up, as in :class:`CosineLR`."""
+
+    base_lr: float = attrs.field(validator=_non_negative)
+    total_epochs: int
+    shape: ExpDecay
+    warmup_epochs: int = attrs.field(default=0, validator=_non_negative)
+    warmup_lr: float = attrs.field(default=0.0, validator=_non_negative)
+
+    def __attrs_post_init__(self) -> None:
+        if self.total_epochs < 1 or self.warmup_epochs >= self.total_epochs and self.warmup_epochs > 0:
+            got = f"total_epochs={self.total_epochs}, warmup_epochs={self.warmup_epochs}"
+            raise ValueError(f"need total_epochs >= 1 and warmup_epochs < total_epochs; got {got}")
+
+    def __call__(self, progress: Progress) -> float:
+        if progress.epoch < self.warmup_epochs:
+            return _warmup(progress, self.warmup_epochs, self.warmup_lr, self.base_lr)
+        n = progress.steps_per_epoch
+        t_cur = (progress.epoch - self.warmup_epochs) * n + progress.step
+        # whole periods done; the rounding keeps 2.4 · 5 = 12 epochs from landing a step short of the boundary
+        periods = math.floor(round(t_cur / (self.shape.decay_epochs * n), 9))
+        return self.base_lr * max(self.shape.decay**periods, self.shape.floor)
+
+
+def lr_schedule(
+    base_lr: float, total_epochs: int, warmup_epochs: int, final_lr: float, exp_decay: ExpDecay | None
+) -> CosineLR | ExponentialLR:
+    """The per-step schedule a strategy's segment runs: cosine to ``final_lr`` (capped at ``base_lr``), or
+    ``exp_decay``'s staircase when one is given (``final_lr`` unused); both warm up from 0."""
+    if exp_decay is not None:
+        return ExponentialLR(base_lr, total_epochs, exp_decay, warmup_epochs, 0.0)
+    return CosineLR(base_lr, total_epochs, warmup_epochs, 0.0, min(final_lr, base_lr))
 
 
 def epsilon_paper(steps_into_ramp: int, ramp_steps: int, eps_start: float = 1e-4) -> float:

@@ -24,7 +24,7 @@ import torch
 
 from deps_core.arch import Arch, compound_arch, max_arch, min_arch, uniform_arch
 from deps_core.distill import LOSS_KINDS
-from deps_core.schedules import EPSILON_FORMS, CosineLR, Progress, epsilon_lr_matched, epsilon_paper
+from deps_core.schedules import EPSILON_FORMS, ExpDecay, Progress, epsilon_lr_matched, epsilon_paper, lr_schedule
 from deps_core.spaces.base import SpaceSpec
 
 __all__ = [
@@ -135,11 +135,13 @@ def _positive(_inst: object, attribute: attrs.Attribute, value: float) -> None:
 
 
 class _PhasedStrategy:
-    """Phase lookup and the per-phase cosine learning rate, shared by the strategies below."""
+    """Phase lookup and the per-phase learning rate (cosine to ``final_lr``, or ``exp_decay``'s staircase), shared by
+    the strategies below."""
 
     spec: SpaceSpec
     global_batch: int
     final_lr: float
+    exp_decay: ExpDecay | None
 
     @property
     def phases(self) -> tuple[Phase, ...]:  # pragma: no cover - every strategy defines it
@@ -177,7 +179,7 @@ class _PhasedStrategy:
         index, _, _ = self.phase_at(progress)
         seg_start, seg_epochs, head = self._segment(index)
         base = head.lr * self.global_batch / head.lr_batch
-        schedule = CosineLR(base, seg_epochs, head.warmup_epochs, 0.0, min(self.final_lr, base))
+        schedule = lr_schedule(base, seg_epochs, head.warmup_epochs, self.final_lr, self.exp_decay)
         return schedule(Progress(progress.epoch - seg_start, progress.step, progress.steps_per_epoch))
 
     def _space(self, phase: Phase) -> SpaceSpec:
@@ -216,6 +218,7 @@ class DepsStrategy(_PhasedStrategy):
     global_batch: int = attrs.field(validator=_positive)
     warmup_epochs: int = 0
     final_lr: float = 0.0
+    exp_decay: ExpDecay | None = None
     p_fm: float = attrs.field(default=0.5)
     k: int = attrs.field(default=4, validator=_check_k)
     ramp_epochs: float = 5.0
@@ -305,6 +308,7 @@ class OFAStrategy(_PhasedStrategy):
     teacher_warmup_epochs: int = 0
     phase_lrs: tuple[float, float, float, float, float] = (3e-2, 2.5e-3, 7.5e-3, 2.5e-3, 7.5e-3)  # per 64 images
     final_lr: float = 0.0
+    exp_decay: ExpDecay | None = None
     grad_clip_value: float | None = None
 
     @property
@@ -352,6 +356,7 @@ class BigNASStrategy(_PhasedStrategy):
     global_batch: int = attrs.field(validator=_positive)
     warmup_epochs: int = 0
     final_lr: float = 0.0
+    exp_decay: ExpDecay | None = None
     k: int = attrs.field(default=4, validator=_check_k)
     subnet_bn_stats: bool = True
     grad_clip_value: float | None = None
@@ -399,6 +404,7 @@ class CompOFAStrategy(_PhasedStrategy):
     k: int = attrs.field(default=4, validator=_check_k)
     stage_kernels: tuple[int, ...] | None = MBV3_LARGE_KERNELS
     final_lr: float = 0.0
+    exp_decay: ExpDecay | None = None
     grad_clip_value: float | None = None
 
     def __attrs_post_init__(self) -> None:

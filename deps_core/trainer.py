@@ -1,5 +1,5 @@
-"""The training loop: a strategy's plan per step, the functional step, one gradient all-reduce, the optimizer (SGD or
-AdamW); checkpoints, logs.
+"""The training loop: a strategy's plan per step, the functional step, one gradient all-reduce, the optimizer (SGD,
+AdamW or TF's RMSProp); checkpoints, logs.
 
 One step (DεpS eq. (4) with everything around it):
 
@@ -8,7 +8,7 @@ One step (DεpS eq. (4) with everything around it):
     G = 0; for each micro-batch: functional_step(...)  # Σ_j w_j ∇L_j into the flat fp32 buffer
     [ranks > 1: all_reduce(MAX) of a few flags]        # a non-finite loss or a stop request on any rank
     all_reduce(G) once; G /= (ranks · micro-batches)   # the mean over the global batch
-    clip; SGD (momentum, Nesterov) or AdamW, weight decay off BN and biases, at plan.lr
+    clip; SGD (momentum, Nesterov), AdamW or RMSProp, weight decay off BN and biases, at plan.lr
 
 Everything needed to continue exactly is checkpointed: weights, BN statistics, optimizer state, position, RNG state,
 strategy state (re-organizations done, the frozen teacher), partial-epoch statistics and the cost so far; every
@@ -44,8 +44,9 @@ from deps_core.config import ExperimentConfig
 from deps_core.distill import FrozenTeacher, LossConfig
 from deps_core.distributed import DistContext
 from deps_core.latency import device_name
+from deps_core.optim import RMSpropTF
 from deps_core.reorganize import reorganize_channels
-from deps_core.schedules import Progress
+from deps_core.schedules import ExpDecay, Progress
 from deps_core.spaces import create_supernet
 from deps_core.spaces.base import SpaceSpec
 from deps_core.step import detached_state, functional_step
@@ -118,7 +119,10 @@ class Loader(Protocol):
 def build_strategy(config: ExperimentConfig, spec: SpaceSpec):
     """The strategy a config names, on ``spec``, for the config's global batch."""
     m, o = config.method, config.optim
-    common = dict(lr=o.lr, lr_batch=o.lr_batch, global_batch=config.data.batch_size, final_lr=o.final_lr)
+    exp_decay = ExpDecay(o.lr_decay, o.lr_decay_epochs, o.lr_floor) if o.schedule == "exponential" else None
+    common = dict(
+        lr=o.lr, lr_batch=o.lr_batch, global_batch=config.data.batch_size, final_lr=o.final_lr, exp_decay=exp_decay
+    )
     if m.name == "deps":
         return DepsStrategy(
             spec,
@@ -186,6 +190,8 @@ def _optimizer(supernet: torch.nn.Module, config: ExperimentConfig) -> torch.opt
     groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if o.name == "adamw":
         return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas)
+    if o.name == "rmsprop":
+        return RMSpropTF(groups, lr=o.lr, decay=o.rms_decay, momentum=o.momentum, eps=o.rms_eps)
     return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0)
 
 

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from deps_core.arch import max_arch, min_arch
-from deps_core.schedules import CosineLR, Progress, epsilon_lr_matched, epsilon_paper
+from deps_core.schedules import CosineLR, ExpDecay, ExponentialLR, Progress, epsilon_lr_matched, epsilon_paper
 from deps_core.spaces import space_spec
 from deps_core.strategies import BigNASStrategy, CompOFAStrategy, DepsStrategy, OFAStrategy, term_generator
 
@@ -28,6 +28,45 @@ def test_cosine_lr_matches_ofa_form():
     assert lr(Progress(6, 0, N)) == pytest.approx(0.2)  # half-way through the cosine part
     assert lr(Progress(9, N - 1, N)) == pytest.approx(0.4 * 0.5 * (1 + math.cos(math.pi * (8 * N - 1) / (8 * N))))
     assert CosineLR(0.4, 10, final_lr=0.01)(Progress(5, 0, N)) == pytest.approx(0.01 + 0.39 * 0.5)
+
+
+def test_exponential_lr_is_a_staircase_with_a_constant_ending_after_the_cosine_warm_up():
+    shape = ExpDecay(0.5, 2.4, floor=0.1)
+    lr = ExponentialLR(0.4, total_epochs=40, shape=shape, warmup_epochs=2)
+    cosine = CosineLR(0.4, total_epochs=40, warmup_epochs=2)
+    for epoch, step in [(0, 0), (0, 57), (1, N - 1)]:  # the same linear warm-up from 0 as the cosine schedule
+        assert lr(Progress(epoch, step, N)) == cosine(Progress(epoch, step, N))
+    assert lr(Progress(2, 0, N)) == 0.4
+    assert lr(Progress(4, 39, N)) == 0.4  # 2.39 epochs after the warm-up: still the first stair
+    assert lr(Progress(4, 40, N)) == 0.2  # 2.4 epochs exactly: one decay
+    assert lr(Progress(6, 80, N)) == 0.1  # 4.8: two
+    assert lr(Progress(9, 20, N)) == pytest.approx(0.05)  # 7.2 epochs: three decays, 0.5³ = 0.125 still above 0.1
+    assert lr(Progress(39, N - 1, N)) == pytest.approx(0.04)  # 0.5¹⁵ long under the floor
+    # a period of 0.1 epoch at 30 steps is 3.0000000000000004 steps in floats: step 3 still starts the second stair
+    assert ExponentialLR(1.0, 2, ExpDecay(0.9, 0.1))(Progress(0, 3, 30)) == pytest.approx(0.9)
+    assert ExponentialLR(1.0, 2, ExpDecay(0.9, 0.1))(Progress(1, 0, 30)) == pytest.approx(0.9**10)
+    for bad, message in [
+        (dict(decay=0.0, decay_epochs=2), "decay must lie in"),
+        (dict(decay=1.5, decay_epochs=2), "decay must lie in"),
+        (dict(decay=0.9, decay_epochs=0), "decay_epochs must be > 0"),
+        (dict(decay=0.9, decay_epochs=2, floor=1.5), "floor"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            ExpDecay(**bad)
+    with pytest.raises(ValueError, match="warmup_epochs < total_epochs"):
+        ExponentialLR(0.4, 5, shape, warmup_epochs=5)
+
+
+def test_strategies_run_the_exponential_schedule_per_segment_in_place_of_the_cosine():
+    shape = ExpDecay(0.9, 2.0, floor=0.05)
+    s = deps(warmup_epochs=5, exp_decay=shape, final_lr=0.0)
+    base = 0.1625 * 256 / 128
+    for epoch in (0, 4, 5, 6, 7, 100, 269):
+        want = ExponentialLR(base, 270, shape, warmup_epochs=5)(Progress(epoch, 3, N))
+        assert s.lr_at(Progress(epoch, 3, N)) == s.plan(Progress(epoch, 3, N), seed=0).lr == want
+    assert s.lr_at(Progress(269, 0, N)) == pytest.approx(0.05 * base)
+    bignas = BigNASStrategy(SPEC, total=10, exp_decay=shape, **COMMON)
+    assert bignas.lr_at(Progress(9, 0, N)) == pytest.approx(base * 0.9**4)
 
 
 def test_epsilon_forms_at_known_points():

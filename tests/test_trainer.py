@@ -23,10 +23,12 @@ import torch
 from deps_core.checkpoint import CheckpointError, load_checkpoint
 from deps_core.cli import main
 from deps_core.config import (
+    LR_SCHEDULES,
     METHOD_FIELDS,
     METHODS,
     OPTIM_FIELDS,
     OPTIMIZERS,
+    SCHEDULE_FIELDS,
     ExperimentConfig,
     MethodConfig,
     apply_overrides,
@@ -34,9 +36,10 @@ from deps_core.config import (
     load_preset,
 )
 from deps_core.distributed import DistContext
+from deps_core.optim import RMSpropTF
 from deps_core.schedules import Progress
-from deps_core.spaces import space_spec
-from deps_core.trainer import Trainer, TrainingStopped, _StopRequest, build_strategy
+from deps_core.spaces import create_supernet, space_spec
+from deps_core.trainer import Trainer, TrainingStopped, _optimizer, _StopRequest, build_strategy
 
 TINY = [
     "model.width_mult=0.25",
@@ -101,6 +104,22 @@ def test_every_preset_is_valid_and_builds_its_strategy(name):
     assert ExperimentConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
 
 
+def test_bignas_imagenet_preset_runs_bignas_rmsprop_with_its_exponential_decay_and_constant_ending():
+    config = load_preset("bignas-mbv3-imagenet")  # DεpS §5: BigNAS on ImageNet-1k with its own RMSProp recipe
+    spec = space_spec("ofa_mbv3_w1.0", **config.model.space_kwargs())
+    strategy = build_strategy(config, spec)
+    peak = 0.016 * 2048 / 256
+    n = 625  # steps per epoch: 1.28 M images at 2048
+    assert strategy.total_epochs == 400 and strategy.lr_at(Progress(0, 0, n)) == pytest.approx(peak / (5 * n))
+    assert strategy.lr_at(Progress(5, 0, n)) == strategy.lr_at(Progress(6, n - 1, n)) == pytest.approx(peak)
+    assert strategy.lr_at(Progress(7, 0, n)) == pytest.approx(peak * 0.973)
+    assert strategy.lr_at(Progress(399, n - 1, n)) == pytest.approx(peak * 0.05)  # 0.973¹⁹⁷ ≈ 0.005 < 0.05
+    optimizer = _optimizer(create_supernet(config.model.space, **config.model.space_kwargs()), config)
+    assert type(optimizer) is RMSpropTF
+    assert {k: optimizer.defaults[k] for k in ("decay", "momentum", "eps")} == dict(decay=0.9, momentum=0.9, eps=1e-3)
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [1e-5, 0.0]
+
+
 def test_seed_recipe_preset_matches_the_readme():
     config = load_preset("deps-mbv3-imagenet")
     strategy = build_strategy(config, space_spec("ofa_mbv3_w1.0", **config.model.space_kwargs()))
@@ -142,47 +161,65 @@ def test_method_fields_name_exactly_what_each_strategy_reads_and_the_rest_is_ref
                 apply_overrides(base, [f"method.{field}={text}"])
 
 
-@pytest.mark.parametrize("name", OPTIMIZERS)
-def test_optim_fields_of_the_other_optimizer_are_refused_on_the_command_line_and_in_a_config_file(
-    name, tmp_path, capsys
+@pytest.mark.parametrize(
+    "key, chosen",
+    [("name", name) for name in OPTIMIZERS] + [("schedule", schedule) for schedule in LR_SCHEDULES],
+)
+def test_optim_fields_of_another_optimizer_or_schedule_are_refused_on_the_command_line_and_in_a_config_file(
+    key, chosen, tmp_path, capsys
 ):
-    base = apply_overrides(load_preset("default"), [f"optim.name={name}"])
-    values = {"momentum": "0.8", "nesterov": "false", "betas": "0.8,0.99"}
-    assert set(values) == {f for fields in OPTIM_FIELDS.values() for f in fields}
-    for other in OPTIMIZERS:
-        for field in OPTIM_FIELDS[other]:
-            if other == name:
-                assert str(getattr(apply_overrides(base, [f"optim.{field}={values[field]}"]).optim, field)) != str(
-                    getattr(base.optim, field)
-                )
-                continue
-            with pytest.raises(ValueError, match=rf"^optim.{field} applies to optim.name='{other}', not to the chosen"):
-                apply_overrides(base, [f"optim.{field}={values[field]}"])
-            edited = tmp_path / f"{field}.json"
-            parsed = apply_overrides(ExperimentConfig(), [f"optim.name={other}", f"optim.{field}={values[field]}"])
-            edited.write_text(json.dumps({"optim": {"name": name, field: getattr(parsed.optim, field)}}))
-            assert main(["train", "--config", str(edited), "--dry-run"]) == 2
-            err = capsys.readouterr().err
-            assert f"optim.{field}=" in err and f"in {edited} applies to optim.name='{other}'" in err, err
-    assert main(["train", f"optim.name={name}", "--dry-run"]) == 0  # the dump holds every field, at its default where
-    (tmp_path / "dump.json").write_text(capsys.readouterr().out)  # the optimizer does not read it: it loads back
+    choices, table = (OPTIMIZERS, OPTIM_FIELDS) if key == "name" else (LR_SCHEDULES, SCHEDULE_FIELDS)
+    base = apply_overrides(load_preset("default"), [f"optim.{key}={chosen}"])
+    values = {"momentum": "0.8", "nesterov": "false", "betas": "0.8,0.99", "rms_decay": "0.8", "rms_eps": "1e-4"}
+    values |= {"final_lr": "1e-5", "lr_decay": "0.9", "lr_decay_epochs": "3", "lr_floor": "0.1"}
+    fields = {f: [c for c in choices if f in table[c]] for c in choices for f in table[c]}
+    assert set(fields) <= set(values) and any(len(readers) > 1 for readers in fields.values()) == (key == "name")
+    for field, readers in fields.items():
+        if chosen in readers:
+            assert str(getattr(apply_overrides(base, [f"optim.{field}={values[field]}"]).optim, field)) != str(
+                getattr(base.optim, field)
+            )
+            continue
+        which = " or ".join(f"optim.{key}='{r}'" for r in readers)
+        with pytest.raises(ValueError, match=rf"^optim.{field} applies to {which}, not to the chosen '{chosen}'$"):
+            apply_overrides(base, [f"optim.{field}={values[field]}"])
+        edited = tmp_path / f"{field}.json"
+        parsed = apply_overrides(ExperimentConfig(), [f"optim.{key}={readers[0]}", f"optim.{field}={values[field]}"])
+        edited.write_text(json.dumps({"optim": {key: chosen, field: getattr(parsed.optim, field)}}))
+        assert main(["train", "--config", str(edited), "--dry-run"]) == 2
+        err = capsys.readouterr().err
+        assert f"optim.{field}=" in err and f"in {edited} applies to {which}, not to" in err, err
+    assert main(["train", f"optim.{key}={chosen}", "--dry-run"]) == 0  # the dump holds every field, at its default
+    (tmp_path / "dump.json").write_text(capsys.readouterr().out)  # where nothing chosen reads it: it loads back
     assert main(["train", "--config", str(tmp_path / "dump.json"), "--dry-run"]) == 0
     assert json.loads(capsys.readouterr().out)["optim"] == base.to_dict()["optim"]
 
 
-def test_adamw_steps_are_torchs_adamw_on_the_accumulated_gradient_and_its_moments_resume_from_disk(tmp_path):
+@pytest.mark.parametrize(
+    "overrides, reference, defaults",
+    [
+        (
+            ["optim.name=adamw", "optim.betas=0.8,0.99"],
+            lambda groups: torch.optim.AdamW(groups, lr=1.0, betas=(0.8, 0.99)),
+            {"betas": (0.8, 0.99)},
+        ),
+        (  # TF's RMSProp with BigNAS's staircase: the rate halves every half epoch (3 steps an epoch), floor 30 %
+            ["optim.name=rmsprop", "optim.momentum=0.8", "optim.rms_decay=0.95", "optim.rms_eps=1e-4"]
+            + ["optim.schedule=exponential", "optim.lr_decay=0.5", "optim.lr_decay_epochs=0.5", "optim.lr_floor=0.3"],
+            lambda groups: RMSpropTF(groups, lr=1.0, decay=0.95, momentum=0.8, eps=1e-4),
+            {"decay": 0.95, "momentum": 0.8, "eps": 1e-4},
+        ),
+    ],
+    ids=["adamw", "rmsprop"],
+)
+def test_adamw_and_rmsprop_step_as_their_reference_on_the_accumulated_gradient_and_resume_from_disk(
+    overrides, reference, defaults, tmp_path
+):
     config = apply_overrides(
         load_preset("default"),
-        [
-            "model.width_mult=0.25",
-            "data.batch_size=8",
-            "method.epochs=2",
-            "run.progress=false",
-            "optim.name=adamw",
-            "optim.betas=0.8,0.99",
-            "optim.weight_decay=0.1",
-            "optim.lr=0.01",
-        ],
+        ["model.width_mult=0.25", "data.batch_size=8", "method.epochs=2", "run.progress=false"]
+        + overrides
+        + ["optim.weight_decay=0.1", "optim.lr=0.01"],
     )
     g = torch.Generator().manual_seed(0)
     batches = [(torch.randn(8, 3, 16, 16, generator=g), torch.randint(0, 10, (8,), generator=g)) for _ in range(3)]
@@ -196,22 +233,29 @@ def test_adamw_steps_are_torchs_adamw_on_the_accumulated_gradient_and_its_moment
         {"params": [ref[n] for n in plain], "weight_decay": 0.1},
         {"params": [ref[n] for n in named if n not in plain], "weight_decay": 0.0},
     ]
-    reference = torch.optim.AdamW(groups, lr=1.0, betas=(0.8, 0.99))
+    optimizer = reference(groups)
+    rates = []
     for x, y in batches[:2]:
         record = trainer.train_step(x, y)
+        rates.append(record["lr"])
         for n, p in named.items():
             ref[n].grad = None if p.grad is None else p.grad.detach().clone()  # untouched: no step, as in torch
-        for group in reference.param_groups:
+        for group in optimizer.param_groups:
             group["lr"] = record["lr"]
-        reference.step()
+        optimizer.step()
         for n, p in named.items():
             torch.testing.assert_close(p.detach(), ref[n], rtol=1e-6, atol=1e-7, msg=n)
     assert sum(not torch.equal(p.detach(), initial[n]) for n, p in named.items()) > len(named) // 2
+    if config.optim.schedule == "exponential":  # 0.01 per 32 images at 8: 0.0025, halved at step 2 (1.5 steps)
+        assert rates == pytest.approx([0.0025, 0.0025])
+        assert trainer.strategy.lr_at(Progress(0, 2, 3)) == pytest.approx(0.00125)
+        assert trainer.strategy.lr_at(Progress(1, 2, 3)) == pytest.approx(0.0025 * 0.3)  # the floor, not 0.5³
     saved = trainer.save()
     rng = torch.get_rng_state()
     resumed = Trainer(config, batches, num_classes=10, out_dir=tmp_path / "b")
     resumed.resume(saved)  # also sets the RNG state back to the checkpoint's (dropout)
-    assert isinstance(resumed.optimizer, torch.optim.AdamW) and resumed.optimizer.defaults["betas"] == (0.8, 0.99)
+    assert type(resumed.optimizer) is type(optimizer)
+    assert {k: resumed.optimizer.defaults[k] for k in defaults} == defaults
     resumed.train_step(*batches[2])
     torch.set_rng_state(rng)
     trainer.train_step(*batches[2])
@@ -223,7 +267,7 @@ def test_adamw_steps_are_torchs_adamw_on_the_accumulated_gradient_and_its_moment
     "args, message",
     [
         (["optim.lrr=3"], "unknown key 'optim.lrr'"),
-        (["optim.name=lamb"], "optim.name must be one of ['sgd', 'adamw']; got 'lamb'"),
+        (["optim.name=lamb"], "optim.name must be one of ['sgd', 'adamw', 'rmsprop']; got 'lamb'"),
         (["optim.betas=0.9"], "optim.betas must be two numbers in [0, 1); got [0.9]"),
         (["optim.betas=0.9,1"], "optim.betas must be two numbers in [0, 1); got [0.9, 1.0]"),
         (["optim.lr=fast"], "optim.lr='fast': expected float"),
