@@ -30,6 +30,7 @@ from typing import Any
 
 import attrs
 
+from deps_core.config import ExperimentConfig
 from deps_core.evaluate import ArchResult, plot_pareto
 
 __all__ = [
@@ -327,6 +328,13 @@ REPEAT_FIELDS = ("seed", "out_dir", "progress", "tensorboard", "wandb", "log_eve
 
 
 def _experiment(config: dict[str, Any]) -> dict[str, Any]:
+    """The config as this version reads it (a field added since the run was written takes its default, so a run
+    predating ``optim.schedule`` groups with one that has it at ``cosine``), less :data:`REPEAT_FIELDS`; a config this
+    version cannot read (a later version's field) is compared as written."""
+    try:
+        config = ExperimentConfig.from_dict(config).to_dict()
+    except (ValueError, TypeError):
+        pass
     return {s: {k: v for k, v in f.items() if s != "run" or k not in REPEAT_FIELDS} for s, f in config.items()}
 
 
