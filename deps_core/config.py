@@ -201,17 +201,18 @@ class OptimConfig:
     """The optimizer and its schedule; ``lr`` is the peak rate for ``lr_batch`` images, scaled linearly to the global
     batch. ``name``: ``sgd`` (momentum, Nesterov: what OFA, BigNAS outside ImageNet and DεpS train with), ``adamw``
     (``torch.optim.AdamW`` with ``betas``; its decoupled weight decay is ``lr · weight_decay`` per step) or ``rmsprop``
-    (TensorFlow's form, :class:`deps_core.optim.RMSpropTF`, with ``momentum``, ``rms_decay`` and ``rms_eps`` under the
-    root: BigNAS's ImageNet optimizer, at its 0.9, 0.9 and 1e-3 by default). Weight decay skips parameters whose names
-    contain any of ``no_decay`` (OFA's ``bn#bias``).
+    (TensorFlow's form, :class:`deps_core.optim.RMSpropTF`: ``momentum``, mean-square decay ``rms_decay``, ``rms_eps``
+    under the root; BigNAS's ImageNet optimizer, whose 0.9, 0.9 and 1e-3 are the defaults). Weight decay skips
+    parameters whose names contain any of ``no_decay`` (OFA's ``bn#bias``); under SGD and RMSProp it is added to the
+    gradient. Under AdamW DεpS's ε still sets the subnets' share of each weight the full model also uses, but a
+    parameter only subnets reach (OFA's kernel transform matrices) takes about the same step whatever ε is (while
+    ε · gradient stays well above AdamW's ``eps`` of 1e-8), since Adam normalises each coordinate's gradient by its own
+    running size.
 
     ``schedule``: ``cosine`` (after ``warmup_epochs`` of linear warm-up from 0, cosine to ``final_lr``) or
     ``exponential`` (after the warm-up, ``× lr_decay`` every ``lr_decay_epochs`` epochs, held at ``lr_floor`` of the
-    peak: BigNAS's "exponentially decaying with constant ending"; defaults are the DεpS code's BigNAS values, 0.973
-    every 2 epochs down to 5 %). Under AdamW DεpS's ε still sets the
-    subnets' share of each weight the full model also uses, but a parameter only subnets reach (OFA's kernel transform
-    matrices) takes about the same step whatever ε is (while ε · gradient stays well above AdamW's ``eps`` of 1e-8),
-    since Adam normalises each coordinate's gradient by its own running size."""
+    peak: BigNAS's "exponentially decaying with constant ending"; the defaults are the DεpS code's BigNAS values, 0.973
+    every 2 epochs down to 5 %)."""
 
     name: str = attrs.field(default="sgd", validator=_one_of(OPTIMIZERS))
     schedule: str = attrs.field(default="cosine", validator=_one_of(LR_SCHEDULES))
