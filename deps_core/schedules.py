@@ -66,6 +66,17 @@ class Progress:
         return self.global_step - start
 
 
+def _check_lengths(total_epochs: int, warmup_epochs: int) -> None:
+    if total_epochs < 1 or warmup_epochs >= total_epochs and warmup_epochs > 0:
+        got = f"total_epochs={total_epochs}, warmup_epochs={warmup_epochs}"
+        raise ValueError(f"need total_epochs >= 1 and warmup_epochs < total_epochs; got {got}")
+
+
+def _warmup(progress: Progress, warmup_epochs: int, warmup_lr: float, base_lr: float) -> float:
+    frac = (progress.global_step + 1) / (warmup_epochs * progress.steps_per_epoch)
+    return warmup_lr + frac * (base_lr - warmup_lr)
+
+
 @attrs.frozen
 class CosineLR:
     """Per-step learning rate: linear warm-up from ``warmup_lr`` over ``warmup_epochs``, then cosine from ``base_lr``
@@ -82,9 +93,7 @@ class CosineLR:
     final_lr: float = attrs.field(default=0.0, validator=_non_negative)
 
     def __attrs_post_init__(self) -> None:
-        if self.total_epochs < 1 or self.warmup_epochs >= self.total_epochs and self.warmup_epochs > 0:
-            got = f"total_epochs={self.total_epochs}, warmup_epochs={self.warmup_epochs}"
-            raise ValueError(f"need total_epochs >= 1 and warmup_epochs < total_epochs; got {got}")
+        _check_lengths(self.total_epochs, self.warmup_epochs)
 
     def __call__(self, progress: Progress) -> float:
         n = progress.steps_per_epoch
@@ -99,11 +108,6 @@ class CosineLR:
         """The rate at the first step of ``epoch`` (clamped to the run)."""
         epoch = min(max(epoch, 0), self.total_epochs - 1)
         return self(Progress(epoch, 0, steps_per_epoch))
-
-
-def _warmup(progress: Progress, warmup_epochs: int, warmup_lr: float, base_lr: float) -> float:
-    frac = (progress.global_step + 1) / (warmup_epochs * progress.steps_per_epoch)
-    return warmup_lr + frac * (base_lr - warmup_lr)
 
 
 def _unit_interval(_inst: object, attribute: attrs.Attribute, value: float) -> None:
@@ -139,9 +143,7 @@ class ExponentialLR:
     warmup_lr: float = attrs.field(default=0.0, validator=_non_negative)
 
     def __attrs_post_init__(self) -> None:
-        if self.total_epochs < 1 or self.warmup_epochs >= self.total_epochs and self.warmup_epochs > 0:
-            got = f"total_epochs={self.total_epochs}, warmup_epochs={self.warmup_epochs}"
-            raise ValueError(f"need total_epochs >= 1 and warmup_epochs < total_epochs; got {got}")
+        _check_lengths(self.total_epochs, self.warmup_epochs)
 
     def __call__(self, progress: Progress) -> float:
         if progress.epoch < self.warmup_epochs:
