@@ -69,21 +69,6 @@ def _one_of(choices):
     return check
 
 
-def _at_least(lo, *, optional: bool = False):
-    def check(_inst, attribute, value):
-        if value is None and optional:
-            return
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < lo:
-            raise ValueError(f"{attribute.name} must be a finite number >= {lo}; got {value!r}")
-
-    return check
-
-
-def _fraction(_inst, attribute, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"{attribute.name} must lie in [0, 1]; got {value!r}")
-
-
 def _interval(lo: float, hi: float = math.inf, *, open_lo: bool = False, open_hi: bool = False):
     """A validator for a finite number in the interval from ``lo`` to ``hi`` (open at either end as asked)."""
     if hi == math.inf:
@@ -97,6 +82,22 @@ def _interval(lo: float, hi: float = math.inf, *, open_lo: bool = False, open_hi
             raise ValueError(f"{attribute.name} must {allowed}; got {value!r}")
 
     return check
+
+
+def _at_least(lo, *, optional: bool = False):
+    number = _interval(lo)
+
+    def check(inst, attribute, value):
+        if value is None and optional:
+            return
+        number(inst, attribute, value)
+
+    return check
+
+
+def _fraction(_inst, attribute, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{attribute.name} must lie in [0, 1]; got {value!r}")
 
 
 def _int_tuple_or_none(value):
