@@ -27,3 +27,13 @@ def test_ffcv_is_imported_lazily_and_keeps_torchs_thread_count():
 def test_a_missing_ffcv_part_is_a_clear_error():
     with pytest.raises(FFCVUnavailableError, match="libturbojpeg and OpenCV.*torchvision_train_loader"):
         ffcv("no_such_module")
+
+
+def test_ffcvs_image_modes_are_a_plain_dict_and_numbas_typed_dict_is_left_as_it_was():
+    # filling FFCV's numba.typed.Dict of image modes compiles numba's dictionary code at every start (~3.4 s)
+    code = (
+        "import numba.typed, deps_loaders; typed = numba.typed.Dict; "
+        "m = deps_loaders._ffcv.ffcv('fields.rgb_image'); "
+        "print(type(m.IMAGE_MODES).__name__, sorted(m.IMAGE_MODES.items()), numba.typed.Dict is typed)"
+    )
+    assert _python(code) == "dict [('jpg', 0), ('raw', 1)] True"
