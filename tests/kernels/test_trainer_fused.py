@@ -3,9 +3,9 @@
 
 Two trainers from one config, one with ``run.dw_backend=triton run.fuse_dw_grad=true`` (the Triton kernels add each
 term's ε-weighted depthwise gradient straight into the accumulator), one with the torch backend; after the same
-ε-shrinking steps (full model + subnets, in-place distillation, SGD) their losses agree and their weight updates agree
-to fp32 rounding (2e-3 of each update's norm). On the CPU the kernels run in the Triton interpreter at a tiny size
-(8×8 images, depth 2).
+ε-shrinking steps (full model + smallest subnet, in-place distillation, SGD) their losses agree and their weight
+updates agree to fp32 rounding (2e-3 of each update's norm). On the CPU the kernels run in the Triton interpreter at a
+tiny size (8×8 images, depth 2).
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ TINY = [
     "data.batch_size=4",
     "data.resolution=8",
     "method.epochs=2",
-    "method.p_fm=0",  # ε-shrinking from the first step: full model + k − 1 subnets
-    "method.k=3",
+    "method.p_fm=0",  # ε-shrinking from the first step: the full model and the smallest subnet
+    "method.k=2",  # (a uniform subnet through the fused ops: test_elastic_dwconv_step.py; k=3 took 78 s here)
     "run.amp=none",
     "run.channels_last=off",
     "run.progress=false",
@@ -81,10 +81,10 @@ def test_fused_trainer_steps_equal_the_torch_backend(device, fusions):
     fused = _trainer(device, ["run.dw_backend=triton", *fusions], batches)
     plain = _trainer(device, ["run.dw_backend=torch"], batches)
     records = []
-    for trainer in (fused, plain):  # two ε-shrinking steps each
+    for trainer in (fused, plain):  # two ε-shrinking steps each (the second after the first's update and statistics)
         records.append([trainer.train_step(x, y) for x, y in batches])
     for a, b in zip(*records):
-        assert a["_terms"] == b["_terms"] == 3 and a["epsilon"] == b["epsilon"]
+        assert a["_terms"] == b["_terms"] == 2 and a["epsilon"] == b["epsilon"] > 0
         # the losses agree to fp32 rounding as amplified by this net: the first full-model loss is a forward pass
         # alone, and the two depthwise paths' rounding already moves it by 1.3e-5 relative with 2 oneDNN threads
         # (under 1e-5 with 1); a wrong ε, term or window moves the later losses by orders of magnitude more
