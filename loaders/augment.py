@@ -30,10 +30,11 @@ from collections.abc import Sequence
 import attrs
 import numpy as np
 import torch
-import torchvision.transforms.v2.functional as TF
 from deps_loaders.resolution import Resolution
 from deps_loaders.seeding import STREAM_AUGMENT, batch_seed
-from torchvision.transforms import AutoAugment, AutoAugmentPolicy, InterpolationMode
+
+# torchvision is imported where it is used (AutoAugment, the elastic resize, the fallback loader): importing it takes
+# about 1.7 s (2 CPU cores, 2026-12-08), which every `deps` command and every training process without these paid
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -136,6 +137,9 @@ def _magnitude(op: str, bin_: int, height: int, width: int) -> tuple[float, bool
 
 def _apply_op(img: torch.Tensor, op: str, magnitude: float) -> torch.Tensor:
     """One AutoAugment operation on a uint8 batch, as torchvision's ``_apply_op`` (nearest interpolation, fill 0)."""
+    import torchvision.transforms.v2.functional as TF
+    from torchvision.transforms import InterpolationMode
+
     nearest = InterpolationMode.NEAREST
     if op == "ShearX":
         shear = [math.degrees(math.atan(magnitude)), 0.0]
@@ -178,6 +182,8 @@ def auto_augment(images: torch.Tensor, rng: np.random.Generator, policy: str = "
     """AutoAugment on a uint8 batch ``(B, 3, H, W)``: a sub-policy, its two coin flips and signs drawn per image."""
     if policy not in _AUTO_AUGMENT_POLICIES:
         raise ValueError(f"policy: {policy!r} is not one of {_AUTO_AUGMENT_POLICIES}")
+    from torchvision.transforms import AutoAugment, AutoAugmentPolicy
+
     policies = AutoAugment(AutoAugmentPolicy.IMAGENET).policies
     b, _, h, w = images.shape
     chosen = rng.integers(0, len(policies), size=b)
@@ -304,6 +310,8 @@ class BatchTransform:
         size = self.resolution.at(self.seed, epoch, step)
         fresh = False  # whether `images` is still the loader's buffer, which later batches overwrite
         if images.shape[-2:] != (size, size):
+            import torchvision.transforms.v2.functional as TF
+
             images = TF.resize(images, [size, size], antialias=True)
             fresh = True
         aug = self.augment

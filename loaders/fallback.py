@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torchvision.transforms.v2.functional as TF
 from deps_loaders.augment import IMAGENET_MEAN, IMAGENET_STD, Augment
 from deps_loaders.base import EpochIterator, ImageLoader, LoaderOptions, default_num_workers, rank_and_world
 from deps_loaders.orders import HoldOut
@@ -41,6 +40,7 @@ class _Folder(Dataset):
 
     def __getitem__(self, key: tuple[int, int, int]) -> tuple[torch.Tensor, int]:
         """``(H, W, 3)`` uint8: collated batches are then NHWC, a channels_last NCHW view without a copy."""
+        import torchvision.transforms.v2.functional as TF  # on first use (see deps_loaders.augment)
         from PIL import Image
 
         epoch, index, size = key

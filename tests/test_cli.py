@@ -30,6 +30,14 @@ def test_bad_input_is_one_line_and_exit_2(argv, message):
     assert message in proc.stderr and len(proc.stderr.strip().splitlines()) <= 2  # usage line + error line at most
 
 
+def test_the_command_line_starts_without_importing_what_only_some_commands_need():
+    # every `deps` command pays for what deps_core.cli imports; these load when a command reaches them
+    heavy = "{'torchvision', 'ffcv', 'numba', 'triton', 'matplotlib', 'onnx'}"
+    code = f"import sys, deps_core.cli; print(sorted({heavy} & set(sys.modules)))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc
+
+
 def test_overrides_may_come_before_between_and_after_options_and_the_last_one_wins(capsys):
     argv = ["train", "optim.lr=0.3", "--dry-run", "run.seed=2", "--preset", "deps-mbv3-cifar10", "optim.lr=0.4"]
     assert main(argv) == 0

@@ -14,14 +14,15 @@ def _python(code: str) -> str:
     return subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.strip()
 
 
-def test_ffcv_is_imported_lazily_and_keeps_torchs_thread_count():
-    # `import ffcv` runs Compiler.set_num_threads(1), which calls torch.set_num_threads(1) for the whole process
+def test_ffcv_and_torchvision_are_imported_lazily_and_torchs_thread_count_is_kept():
+    # `import ffcv` runs Compiler.set_num_threads(1), which calls torch.set_num_threads(1) for the whole process;
+    # torchvision (~1.7 s to import) only where AutoAugment, the elastic resize or the fallback loader need it
     code = (
         "import sys, torch, deps_loaders; torch.set_num_threads(2); "
         "print('ffcv' in sys.modules, 'deps_core' in sys.modules); "
-        "deps_loaders._ffcv.ffcv('loader'); print(torch.get_num_threads())"
+        "deps_loaders._ffcv.ffcv('loader'); print(torch.get_num_threads(), 'torchvision' in sys.modules)"
     )
-    assert _python(code).split() == ["False", "False", "2"]
+    assert _python(code).split() == ["False", "False", "2", "False"]
 
 
 def test_a_missing_ffcv_part_is_a_clear_error():
