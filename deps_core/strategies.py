@@ -19,6 +19,8 @@ the same subnets without sharing any state, and a resumed run replays them.
 
 from __future__ import annotations
 
+import math
+
 import attrs
 import torch
 
@@ -130,8 +132,8 @@ def term_generator(seed: int, progress: Progress, term: int) -> torch.Generator:
 
 
 def _positive(_inst: object, attribute: attrs.Attribute, value: float) -> None:
-    if value <= 0:
-        raise ValueError(f"{attribute.name} must be > 0; got {value}")
+    if not 0 < value < math.inf:  # NaN too: it would train without an error until the first loss
+        raise ValueError(f"{attribute.name} must be a finite number > 0; got {value}")
 
 
 class _PhasedStrategy:

@@ -125,7 +125,10 @@ def test_deps_official_recipe_and_ablations():
         (dict(eps_form="linear"), "eps_form must be one of"),
         (dict(subnet_loss="mse"), "subnet_loss must be"),
         (dict(k=0), "k \\(subnets per step\\) must be >= 1"),
-        (dict(lr=-1.0), "lr must be > 0"),
+        (dict(lr=-1.0), "lr must be a finite number > 0; got -1.0"),
+        (dict(lr=math.nan), "lr must be a finite number > 0; got nan"),
+        (dict(lr=math.inf), "lr must be a finite number > 0; got inf"),
+        (dict(global_batch=0), "global_batch must be a finite number > 0; got 0"),
     ],
 )
 def test_invalid_strategy_configs_name_the_field(kw, message):
