@@ -13,7 +13,7 @@ ranges, the evaluation data or the devices differ, :func:`compare_notes` says so
 
 Runs that differ only in their seed (and in how they were logged and where they were written) are repeats of one
 experiment: :func:`group_runs` gathers them, and :func:`group_summary` gives each group's mean and spread and its
-difference to the first group with an exact permutation test, so that a difference between methods can be read
+difference to the first group with a permutation test, so that a difference between methods can be read
 against the spread between seeds (a single seed of a short run can differ from the next by more than two methods do).
 """
 
@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import numpy as np
 
 from deps_core.config import ExperimentConfig
 from deps_core.evaluate import ArchResult, plot_pareto
@@ -380,21 +381,38 @@ def group_configs(configs: dict[str, dict[str, Any] | None]) -> dict[str, list[s
     return {labels[key]: members for key, members in keyed.items()}
 
 
-def permutation_p(a: Sequence[float], b: Sequence[float], max_splits: int = 200_000) -> float | None:
-    """Two-sided exact permutation test of a difference in means: the fraction of the ways to split ``a + b`` into
-    groups of their sizes whose difference in means is at least the observed one (in size). ``None`` when either
-    group has fewer than 2 values or there are more than ``max_splits`` splits. With 4 and 4 values the smallest
-    possible p is 2/70 ≈ 0.029."""
-    if len(a) < 2 or len(b) < 2 or math.comb(len(a) + len(b), len(a)) > max_splits:
+def permutation_p(
+    a: Sequence[float], b: Sequence[float], max_splits: int = 200_000, samples: int = 100_000, seed: int = 0
+) -> float | None:
+    """Two-sided permutation test of a difference in means: the fraction of the ways to split ``a + b`` into groups
+    of their sizes whose difference in means is at least the observed one (in size). ``None`` when either group has
+    fewer than 2 values. With 4 and 4 values the smallest possible p is 2/70 ≈ 0.029.
+
+    Exact (every split enumerated) up to ``max_splits`` splits (10 and 10 values: 184,756). Beyond, from ``samples``
+    splits drawn at random by a generator seeded with ``seed`` (so the same values give the same p), counting the
+    observed split as one of them: ``(hits + 1) / (samples + 1)``, never 0, within about ``2·sqrt(p/samples)`` of the
+    exact value (12 and 12 values: 2,704,156 splits; 0.03 s). ``samples=0`` gives ``None`` there instead."""
+    if len(a) < 2 or len(b) < 2:
         return None
     values, n, total = list(a) + list(b), len(a), sum(a) + sum(b)
     observed = abs(sum(a) / n - sum(b) / len(b))
     tol = 1e-12 * max(1.0, max(abs(v) for v in values))
-    hits = 0
-    for chosen in itertools.combinations(range(len(values)), n):
-        s = sum(values[i] for i in chosen)
-        hits += abs(s / n - (total - s) / len(b)) >= observed - tol
-    return hits / math.comb(len(values), n)
+    if math.comb(len(values), n) <= max_splits:
+        hits = 0
+        for chosen in itertools.combinations(range(len(values)), n):
+            s = sum(values[i] for i in chosen)
+            hits += abs(s / n - (total - s) / len(b)) >= observed - tol
+        return hits / math.comb(len(values), n)
+    if samples <= 0:
+        return None
+    rng, v, hits, done = np.random.default_rng(seed), np.asarray(values, dtype=np.float64), 0, 0
+    while done < samples:
+        rows = min(samples - done, 10_000)
+        chosen = np.argpartition(rng.random((rows, len(v))), n - 1, axis=1)[:, :n]  # n random indices per row
+        s = v[chosen].sum(axis=1)
+        hits += int((np.abs(s / n - (total - s) / len(b)) >= observed - tol).sum())
+        done += rows
+    return (hits + 1) / (samples + 1)
 
 
 def _stats(values: list[float]) -> dict[str, float | None]:

@@ -4,6 +4,7 @@ and spread, and the difference between experiments is tested against that spread
 import itertools
 import json
 import math
+import random
 import statistics
 
 import pytest
@@ -71,7 +72,22 @@ def test_permutation_p_is_the_exact_two_sided_test():
         assert permutation_p(a, b) == pytest.approx(_brute_p(a, b))
         assert permutation_p(a, b) == pytest.approx(permutation_p(b, a))
     assert permutation_p([0.5], [0.4, 0.6]) is None  # one value: no spread to test against
-    assert permutation_p([0.1] * 12, [0.2] * 12, max_splits=1000) is None  # too many splits to enumerate
+    assert permutation_p([0.1] * 12, [0.2] * 12, max_splits=1000, samples=0) is None  # too many splits to enumerate
+
+
+def test_beyond_max_splits_the_permutation_p_is_drawn_from_random_splits():
+    g = random.Random(7)
+    for n, m in [(6, 6), (5, 8), (7, 7)]:  # 924, 1287 and 3432 splits: the exact p is at hand
+        a = [g.gauss(0.60, 0.05) for _ in range(n)]
+        b = [g.gauss(0.55, 0.05) for _ in range(m)]
+        exact = permutation_p(a, b)
+        drawn = permutation_p(a, b, max_splits=100, samples=40_000, seed=3)
+        assert drawn == permutation_p(a, b, max_splits=100, samples=40_000, seed=3)  # a pure function of its inputs
+        assert abs(drawn - exact) <= 4 * math.sqrt(exact * (1 - exact) / 40_000) + 1 / 40_001, (n, m, exact, drawn)
+    # 12 and 12 values apart: of 2.7 million splits only the observed one and its mirror are as extreme, so no random
+    # split of 10,000 is; the observed split counts, so p is 1 / 10,001 rather than 0
+    assert permutation_p([0.1] * 12, [0.2] * 12, samples=10_000) == pytest.approx(1 / 10_001)
+    assert permutation_p([0.5, 0.6] * 6, [0.5, 0.6] * 6, samples=10_000) == 1.0  # no difference: every split as far
 
 
 def test_runs_that_differ_only_in_the_seed_are_one_experiment(tmp_path):
