@@ -193,6 +193,11 @@ def _num(v: float | None, fmt: str, unit: str = "") -> str:
     return "-" if v is None else format(v, fmt) + unit
 
 
+def _p_value(p: float | None) -> str:
+    """Three decimals, or two significant digits below 0.001 (12 and 8 runs apart: 2/125,970 = 1.6e-05, not 0.000)."""
+    return "-" if p is None else f"{p:.3f}" if p >= 0.001 else f"{p:.2g}"
+
+
 def compare_rows(runs: dict[str, RunReport]) -> list[list[str]]:
     """:func:`compare_summary` as table rows under :data:`COMPARE_HEADER`."""
     return [
@@ -512,7 +517,7 @@ def group_rows(summary: list[dict[str, Any]]) -> list[list[str]]:
                 f"{100 * m['mean']:.2f}{spread}",
                 f"{100 * m['min']:.2f}-{100 * m['max']:.2f}",
                 delta or "-",
-                _num(g["p_permutation"], ".3f"),
+                _p_value(g["p_permutation"]),
                 _pct(g["largest_top1"]),
                 _pct(g["smallest_top1"]),
             ]

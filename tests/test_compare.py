@@ -11,7 +11,9 @@ import pytest
 
 from deps_core.arch import max_arch, min_arch
 from deps_core.compare import (
+    GROUP_HEADER,
     group_notes,
+    group_rows,
     group_runs,
     group_summary,
     permutation_p,
@@ -234,3 +236,21 @@ def test_deps_curves_summarizes_repeats_by_experiment(tmp_path, capsys):
     assert png.read_bytes()[:4] == b"\x89PNG"
     assert main(["curves", paths[0], paths[2], "--out", str(png)]) == 0  # no repeats: the per-run table alone
     assert "repeats of one experiment" not in capsys.readouterr().out
+
+
+def test_a_p_below_a_thousandth_is_printed_with_its_digits_not_as_zero(tmp_path):
+    runs = {}
+    for seed in range(8):  # every DεpS run above every BigNAS run: p = 2 / C(16, 8) = 2 / 12,870
+        for method, mpa in (("deps", 0.70), ("bignas", 0.50)):
+            folder = _write_run(
+                tmp_path / f"{method}-s{seed}",
+                f"method.name={method}",
+                f"run.seed={seed}",
+                mpa=mpa + 0.01 * seed,
+                bucket_top1={0: 0.5},
+            )
+            runs[f"{method}-s{seed}"] = read_run_report(folder)
+    summary = group_summary(runs)
+    assert summary[1]["p_permutation"] == pytest.approx(2 / 12_870)
+    rows = group_rows(summary)
+    assert rows[0][GROUP_HEADER.index("p")] == "-" and rows[1][GROUP_HEADER.index("p")] == "0.00016"
