@@ -9,13 +9,15 @@ One cost of importing FFCV is avoided: ``ffcv.fields.rgb_image`` keeps its two i
 ``'raw'`` → 1) in a ``numba.typed.Dict``, and filling it at import compiles numba's dictionary code, which is never
 cached: about 3.4 s of every process that reads or writes a .beton (2 CPU cores, 2026-12-08), longer than the rest of
 ``import ffcv``. The dictionary is read only from Python (each decoder copies the two integers before compiling its
-closure), so here it is built as a plain ``dict`` holding the same entries.
+closure), so here it is built as a plain ``dict`` holding the same entries; with FFCV 1.0.2 only, the version
+setup.py pins and whose uses of the dictionary were read.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.metadata
 import sys
 from collections.abc import Iterator
 from types import ModuleType
@@ -46,10 +48,18 @@ def keep_torch_threads() -> Iterator[None]:
             torch.set_num_threads(n)
 
 
+def _installed_version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 @contextlib.contextmanager
 def _plain_image_modes() -> Iterator[None]:
-    """While FFCV is first imported, let ``numba.typed.Dict`` be ``dict`` (see the module's docstring)."""
-    if "ffcv.fields.rgb_image" in sys.modules:
+    """While FFCV is first imported, let ``numba.typed.Dict`` be ``dict`` (see the module's docstring). Only for
+    FFCV 1.0.2, the version this package pins and whose use of the dictionary was read; any other imports as it is."""
+    if "ffcv.fields.rgb_image" in sys.modules or _installed_version("ffcv") != "1.0.2":
         yield
         return
     import numba.typed

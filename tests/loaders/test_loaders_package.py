@@ -38,3 +38,11 @@ def test_ffcvs_image_modes_are_a_plain_dict_and_numbas_typed_dict_is_left_as_it_
         "print(type(m.IMAGE_MODES).__name__, sorted(m.IMAGE_MODES.items()), numba.typed.Dict is typed)"
     )
     assert _python(code) == "dict [('jpg', 0), ('raw', 1)] True"
+    # another FFCV version imports as it is (its use of the dictionary was not read): numba's own, filled the same
+    code = (
+        "import importlib.metadata, deps_loaders; real = importlib.metadata.version; "
+        "importlib.metadata.version = lambda d: '1.1.0' if d == 'ffcv' else real(d); "
+        "m = deps_loaders._ffcv.ffcv('fields.rgb_image'); "
+        "print(type(m.IMAGE_MODES).__module__, sorted(m.IMAGE_MODES.items()))"
+    )
+    assert _python(code) == "numba.typed.typeddict [('jpg', 0), ('raw', 1)]"
