@@ -402,12 +402,13 @@ def permutation_p(
     values, n, total = list(a) + list(b), len(a), sum(a) + sum(b)
     observed = abs(sum(a) / n - sum(b) / len(b))
     tol = 1e-12 * max(1.0, max(abs(v) for v in values))
-    if math.comb(len(values), n) <= max_splits:
+    splits = math.comb(len(values), n)
+    if splits <= max_splits:
         hits = 0
         for chosen in itertools.combinations(range(len(values)), n):
             s = sum(values[i] for i in chosen)
             hits += abs(s / n - (total - s) / len(b)) >= observed - tol
-        return hits / math.comb(len(values), n)
+        return hits / splits
     if samples <= 0:
         return None
     rng, v, hits, done = np.random.default_rng(seed), np.asarray(values, dtype=np.float64), 0, 0
